@@ -1,0 +1,139 @@
+# One entry point for building, running and testing the lessons. `make help` lists the targets.
+#
+#   make 03                      build the learner's lesson 03 into build/lessons/03/server
+#   make 03 IMPL=solutions       build the reference answer into build/solutions/03/server
+#   make check-03                test the learner's lesson 03
+#   make test                    the repository's own suite (what CI runs)
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+.SECONDEXPANSION:
+
+IMPL ?= lessons
+SAN ?=
+BUILD := build$(if $(SAN),-san)
+
+CXX ?= g++
+CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -O2 -g -MMD -MP -Icommon
+LDFLAGS :=
+ifneq ($(SAN),)
+  # Any sanitizer report aborts the process, so the test that caused it fails.
+  CXXFLAGS += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+  LDFLAGS += -fsanitize=address,undefined
+endif
+
+# The Python that has pytest: python3 on PATH may be a separate interpreter (pyenv, venv) that
+# does not see Debian's python3-pytest; /usr/bin/python3 does once the package is installed.
+PYTHON ?= $(or $(firstword $(foreach p,python3 /usr/bin/python3,$(shell $(p) -c 'import pytest, pytest_timeout' 2>/dev/null && command -v $(p)))),/usr/bin/python3)
+PYTEST = $(PYTHON) -m pytest -p no:cacheprovider --timeout=180 --build-dir=$(BUILD)
+
+LESSON_DIRS := $(sort $(wildcard lessons/[0-9][0-9]-*))
+LESSONS := $(foreach d,$(LESSON_DIRS),$(firstword $(subst -, ,$(notdir $(d)))))
+IMPLS := lessons solutions
+
+# Every lesson builds one program: `server`, except where a lesson says otherwise here.
+BIN_NAME = $(or $(BIN_NAME_$(1)),server)
+BIN_NAME_08 := facts
+LDLIBS_07 := -levent
+
+COMMON_SRCS := $(wildcard common/*.cpp)
+COMMON_OBJS := $(patsubst common/%.cpp,$(BUILD)/common/%.o,$(COMMON_SRCS))
+
+$(BUILD)/common/%.o: common/%.cpp
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -c -o $@ $<
+
+# lesson_rules(impl, NN): how build/<impl>/NN/<bin> is made from <impl>/NN-*/*.cpp.
+define lesson_rules
+$(1)_$(2)_DIR := $(wildcard $(1)/$(2)-*)
+$(1)_$(2)_OBJS := $$(patsubst $$($(1)_$(2)_DIR)/%.cpp,$(BUILD)/$(1)/$(2)/obj/%.o,$$(wildcard $$($(1)_$(2)_DIR)/*.cpp))
+$(BUILD)/$(1)/$(2)/$(call BIN_NAME,$(2)): $$($(1)_$(2)_OBJS) $(COMMON_OBJS)
+	$$(CXX) $$(LDFLAGS) -o $$@ $$^ $(LDLIBS_$(2))
+$(BUILD)/$(1)/$(2)/obj/%.o: $$($(1)_$(2)_DIR)/%.cpp
+	@mkdir -p $$(@D)
+	$$(CXX) $$(CXXFLAGS) -I$$($(1)_$(2)_DIR) -c -o $$@ $$<
+BINARIES_$(1) += $(BUILD)/$(1)/$(2)/$(call BIN_NAME,$(2))
+endef
+$(foreach impl,$(IMPLS),$(foreach n,$(LESSONS),$(eval $(call lesson_rules,$(impl),$(n)))))
+
+# Unit tests: tests/unit/*.cpp with one doctest main, built against the chosen implementation
+# (lesson-specific headers are included as "NN-slug/file.h").
+UNIT_SRCS := $(wildcard tests/unit/*.cpp)
+$(foreach impl,$(IMPLS),$(eval UNIT_OBJS_$(impl) := $(patsubst tests/unit/%.cpp,$(BUILD)/$(impl)/unit/%.o,$(UNIT_SRCS))))
+$(BUILD)/%/unit/unit_tests: $$(UNIT_OBJS_$$*) $(COMMON_OBJS)
+	$(CXX) $(LDFLAGS) -o $@ $^
+$(BUILD)/lessons/unit/%.o: tests/unit/%.cpp
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -Ilessons -c -o $@ $<
+$(BUILD)/solutions/unit/%.o: tests/unit/%.cpp
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -Isolutions -c -o $@ $<
+
+.PHONY: help all deps test unit starters-fail progress clean bench soak $(LESSONS)
+.PHONY: $(addprefix check-,$(LESSONS)) $(addprefix run-,$(LESSONS))
+
+help:
+	@echo "Lessons: $(LESSONS)"
+	@echo "  make NN [IMPL=solutions]   build lesson NN (yours by default) into $(BUILD)/<impl>/NN/"
+	@echo "  make check-NN              test your lesson NN (make check-NN IMPL=solutions: the reference)"
+	@echo "  make run-NN                run your lesson NN's server in the foreground"
+	@echo "  make progress              which of your lessons pass, and which is next"
+	@echo "  make test                  the repository's suite: build all, unit tests, solutions, starters"
+	@echo "  make test SAN=1            the same under AddressSanitizer and UBSan"
+	@echo "  make soak | make bench     the long runs (minutes), not part of make test"
+
+$(LESSONS): %: $$(BUILD)/$$(IMPL)/%/$$(call BIN_NAME,%)
+
+all: $(BINARIES_lessons) $(BINARIES_solutions) $(BUILD)/solutions/unit/unit_tests $(BUILD)/lessons/unit/unit_tests
+
+deps:
+	@tools/need-packages 'command -v g++=g++' \
+	  'test -f /usr/include/doctest/doctest.h=doctest-dev' \
+	  '$(PYTHON) -c "import pytest"=python3-pytest' \
+	  '$(PYTHON) -c "import pytest_timeout"=python3-pytest-timeout' \
+	  'test -f /usr/include/event2/event.h=libevent-dev'
+
+unit: deps $(BUILD)/solutions/unit/unit_tests
+	$(BUILD)/solutions/unit/unit_tests
+
+# The suite CI runs. Solutions must pass everything; every starter must compile and fail.
+test: deps
+	$(MAKE) --no-print-directory all
+	$(MAKE) --no-print-directory unit
+	$(PYTEST) -q tests --impl solutions
+	$(MAKE) --no-print-directory starters-fail
+
+# An exercise whose starter already passes teaches nothing: each starter must fail its tests.
+starters-fail: deps
+	@for n in $(LESSONS); do \
+	  if $(PYTEST) -q -x tests --impl lessons --lesson $$n > $(BUILD)/starter-$$n.log 2>&1; then \
+	    echo "starter $$n PASSES its tests: the exercise teaches nothing (see $(BUILD)/starter-$$n.log)"; exit 1; \
+	  else \
+	    echo "starter $$n fails its tests, as a starter should: $$(grep -m1 -E '^(FAILED|ERROR) ' $(BUILD)/starter-$$n.log | cut -c1-110)"; \
+	  fi; \
+	done
+
+check-%: deps
+	@$(MAKE) --no-print-directory $* IMPL=$(IMPL)
+	$(PYTEST) -q tests --impl $(IMPL) --lesson $*
+
+progress: deps
+	@next=""; for n in $(LESSONS); do \
+	  if $(MAKE) --no-print-directory -s $$n IMPL=$(IMPL) >/dev/null 2>&1 && \
+	     $(PYTEST) -q -x tests --impl $(IMPL) --lesson $$n >/dev/null 2>&1; then s=PASS; \
+	  else s=todo; [ -n "$$next" ] || next=$$n; fi; \
+	  printf '  %s  %-4s %s\n' "$$n" "$$s" "$$(basename $$(ls -d lessons/$$n-*))"; \
+	done; \
+	if [ -n "$$next" ]; then echo "next: lessons/$$(basename $$(ls -d lessons/$$next-*))/README.md, then make check-$$next"; \
+	else echo "all lessons pass"; fi
+
+run-%:
+	@$(MAKE) --no-print-directory $* IMPL=$(IMPL)
+	@echo "Talk to it from another terminal: $(PYTHON) clients/echo_client.py --port <PORT below>  (Ctrl-C stops the server)"
+	$(BUILD)/$(IMPL)/$*/server $(ARGS)
+
+clean:
+	rm -rf build build-san
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""An echo client for people and for tests (standard library only).
+
+By hand, like nc:       clients/echo_client.py --port 7001          (type lines, see them echoed)
+Round-trip times:       clients/echo_client.py --port 7001 --count 100 --message hello
+From tests:             from clients.echo_client import connect, round_trip, echo_stream
+"""
+
+import argparse
+import random
+import socket
+import statistics
+import sys
+import threading
+import time
+
+DEFAULT_TIMEOUT = 5.0
+
+
+class EchoError(AssertionError):
+    """The server did not echo what it should have; the message says what happened instead."""
+
+
+def connect(host="127.0.0.1", port=7001, timeout=DEFAULT_TIMEOUT):
+    """A connected TCP socket with a timeout, so no test can hang on a silent server."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def send_all(sock, data):
+    sock.sendall(data)
+
+
+def recv_exactly(sock, size):
+    """Exactly size bytes, or EchoError saying how many arrived before EOF or the timeout."""
+    chunks, received = [], 0
+    while received < size:
+        try:
+            chunk = sock.recv(min(size - received, 1 << 20))
+        except socket.timeout:
+            raise EchoError(f"waited {sock.gettimeout()} s: got {received} of {size} bytes back, "
+                            f"then nothing (the server should echo every byte it receives)") from None
+        if not chunk:
+            raise EchoError(f"server closed the connection after echoing {received} of {size} bytes "
+                            f"(it should echo everything before closing)")
+        chunks.append(chunk)
+        received += len(chunk)
+    return b"".join(chunks)
+
+
+def recv_until_eof(sock):
+    """Everything until the server closes its side."""
+    chunks = []
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def round_trip(sock, data):
+    """Sends data and returns the echo (which tests compare with data)."""
+    send_all(sock, data)
+    return recv_exactly(sock, len(data))
+
+
+def random_chunks(data, rng, largest=65536):
+    """data cut into pieces of random size (1..largest), so the server sees every chunking."""
+    offset = 0
+    while offset < len(data):
+        size = rng.randint(1, largest)
+        yield data[offset:offset + size]
+        offset += size
+
+
+def echo_stream(sock, data, rng=None, largest_chunk=65536):
+    """Sends data in random chunks while a second thread reads the echo; returns what came back.
+
+    Reading concurrently matters: a client that sends megabytes before reading fills both socket
+    buffers and deadlocks against any correct echo server."""
+    rng = rng or random.Random(0)
+    result = {}
+
+    def reader():
+        try:
+            result["data"] = recv_exactly(sock, len(data))
+        except Exception as error:  # handed to the caller below
+            result["error"] = error
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    for chunk in random_chunks(data, rng, largest_chunk):
+        sock.sendall(chunk)
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["data"]
+
+
+def first_difference(expected, actual):
+    """A sentence naming the first byte where the echo differs, for assertion messages."""
+    for index, (want, got) in enumerate(zip(expected, actual)):
+        if want != got:
+            return f"byte {index} is {got:#04x}, should be {want:#04x}"
+    return f"length is {len(actual)}, should be {len(expected)}"
+
+
+def interactive(sock):
+    """Sends each line typed and prints what comes back."""
+    for line in sys.stdin.buffer:
+        print(round_trip(sock, line).decode(errors="replace"), end="", flush=True)
+
+
+def measure(sock, message, count):
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        echo = round_trip(sock, message)
+        times.append((time.perf_counter() - start) * 1e6)
+        if echo != message:
+            sys.exit(f"wrong echo: {first_difference(message, echo)}")
+    times.sort()
+    print(f"{count} round trips of {len(message)} bytes: p50 {statistics.median(times):.0f} us, "
+          f"p99 {times[int(0.99 * (count - 1))]:.0f} us, max {times[-1]:.0f} us")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7001)
+    parser.add_argument("--count", type=int, help="send --message this many times, print round-trip times")
+    parser.add_argument("--message", default="hello", help="what --count sends (default: hello)")
+    args = parser.parse_args()
+    try:
+        with connect(args.host, args.port, timeout=None if args.count is None else DEFAULT_TIMEOUT) as sock:
+            if args.count is None:
+                interactive(sock)
+            else:
+                measure(sock, args.message.encode(), args.count)
+    except (OSError, EchoError) as error:
+        sys.exit(f"echo_client: {error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+// Lesson 01: an iterative echo server. It serves one client at a time, start to finish; every
+// other client waits in the kernel's accept queue meanwhile. That wait is what lessons 02-06 remove.
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <poll.h>
+#include <string>
+
+#include "cli.h"
+#include "fd.h"
+#include "log.h"
+#include "net.h"
+#include "signals.h"
+
+namespace {
+
+const ServerSpec kSpec{"Lesson 01: blocking, iterative echo server (one client at a time).", 7001, {}};
+
+// socket -> setsockopt(SO_REUSEADDR) -> bind -> listen. Exits 1 naming the failed call.
+Fd listen_on(const std::string& host, int port) {
+  SocketAddress address;
+  make_address(host, port, &address);  // given: the parser has already checked the host
+  Fd listener(::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!listener) die_setup("socket");
+  // Lets a restarted server bind while connections of the previous run are in TIME_WAIT.
+  int on = 1;
+  if (::setsockopt(listener.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) < 0)
+    die_setup("setsockopt(SO_REUSEADDR)");
+  if (::bind(listener.get(), address.get(), address.length) < 0) die_setup("bind", describe(host, port));
+  // The backlog bounds the queue of connections the kernel has completed but we have not accepted.
+  if (::listen(listener.get(), SOMAXCONN) < 0) die_setup("listen");
+  return listener;
+}
+
+// Blocks until a client connects. Returns an invalid Fd if a stop signal interrupted the wait.
+Fd accept_client(int listener) {
+  for (;;) {
+    int fd = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd >= 0) return Fd(fd);
+    if (errno == EINTR) {
+      if (stop_requested()) return Fd{};
+    } else if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+      // Out of resources: accept would fail again at once. Back off instead of spinning.
+      warn("accept: %s; retrying in 100 ms", std::strerror(errno));
+      ::poll(nullptr, 0, 100);
+    }
+    // Anything else (ECONNABORTED: the client gave up while queued) loses one client, not us.
+  }
+}
+
+// Writes all of data: write() may accept only part of it when the socket buffer is nearly full.
+// Returns false if the peer is gone (EPIPE, ECONNRESET) or a stop signal arrived.
+bool write_all(int fd, const char* data, size_t size) {
+  while (size > 0) {
+    ssize_t n = ::write(fd, data, size);
+    if (n < 0) {
+      if (errno == EINTR && !stop_requested()) continue;
+      return false;
+    }
+    data += n;
+    size -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// Echoes until the client half-closes (read returns 0), the connection fails, or we must stop.
+void serve_client(int fd) {
+  char buffer[16 * 1024];
+  for (;;) {
+    ssize_t n = ::read(fd, buffer, sizeof buffer);
+    if (n > 0) {
+      if (!write_all(fd, buffer, static_cast<size_t>(n))) return;
+    } else if (n == 0) {
+      return;  // FIN: the client sends no more, and everything it sent has been echoed
+    } else if (errno != EINTR || stop_requested()) {
+      if (errno != EINTR) chatter("read: %s", std::strerror(errno));
+      return;
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options options = parse_or_exit(argc, argv, kSpec);
+  set_quiet(options.quiet);
+  install_signal_handlers();
+  Fd listener = listen_on(options.host, options.port);
+  if (!listener) {
+    warn("listen_on() returned no listening socket (is its TODO filled in?)");
+    return 1;
+  }
+  announce_listening(options.host, local_port(listener.get()));
+  // Known gap of a blocking server: a signal that lands just before accept() enters the kernel
+  // is seen only after the next client. Lesson 02's pselect() closes that window.
+  while (!stop_requested()) {
+    Fd client = accept_client(listener.get());
+    if (!client) break;  // only when a stop signal arrived
+    chatter("client connected (fd %d)", client.get());
+    serve_client(client.get());
+    chatter("client done (fd %d)", client.get());
+  }  // the Fd destructor closes the connection on every path
+  return 0;
+}

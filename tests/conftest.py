@@ -1,0 +1,217 @@
+"""The harness every test uses: which implementation and lessons to test, and running servers.
+
+    pytest tests --impl lessons --lesson 03     the learner's lesson 03
+    pytest tests --impl solutions               every lesson's reference answer
+
+A test that takes a `lesson` argument runs once per selected lesson; a module narrows the lessons
+it applies to with LESSONS = ["02", "03"]. The `server` fixture starts that lesson's server.
+"""
+
+import os
+import pathlib
+import resource
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+READY_TIMEOUT = 5.0
+STOP_TIMEOUT = 1.0  # the contract: exit 0 within a second of SIGTERM
+FD_SETTLE_TIMEOUT = 3.0
+
+
+def lesson_dirs(kind="solutions"):
+    return sorted(p for p in (ROOT / kind).glob("[0-9][0-9]-*") if p.is_dir())
+
+
+def server_lessons():
+    """Lessons whose program is an echo server (lesson 08, for instance, is a test program)."""
+    return [p.name[:2] for p in lesson_dirs() if (p / "server.cpp").exists()]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--impl", default=os.environ.get("ECHO_IMPL", "solutions"),
+                     choices=["lessons", "solutions"], help="which implementation to test")
+    parser.addoption("--lesson", action="append", default=[],
+                     help="test only this lesson (NN); may be repeated")
+    parser.addoption("--build-dir", default=os.environ.get("ECHO_BUILD", "build"),
+                     help="where make put the binaries (build, or build-san for SAN=1)")
+
+
+def pytest_generate_tests(metafunc):
+    if "lesson" not in metafunc.fixturenames:
+        return
+    wanted = getattr(metafunc.module, "LESSONS", None) or server_lessons()
+    chosen = metafunc.config.getoption("--lesson")
+    lessons = [n for n in wanted if not chosen or n in chosen]
+    # An empty parametrization makes pytest skip the test, which is right: not this lesson's test.
+    metafunc.parametrize("lesson", lessons)
+
+
+def pytest_collection_modifyitems(config, items):
+    """With --lesson, drop tests that belong to other lessons entirely."""
+    chosen = config.getoption("--lesson")
+    if not chosen:
+        return
+    keep = []
+    for item in items:
+        lesson = getattr(item, "callspec", None) and item.callspec.params.get("lesson")
+        if lesson is None or lesson in chosen:
+            keep.append(item)
+    items[:] = keep
+
+
+def binary_path(config, lesson, name="server"):
+    impl = config.getoption("--impl")
+    path = ROOT / config.getoption("--build-dir") / impl / lesson / name
+    if not path.exists():
+        pytest.fail(f"{path} does not exist: build it first with `make {lesson} IMPL={impl}`")
+    return path
+
+
+class Server:
+    """One server process started with --port 0, from its readiness line to its exit."""
+
+    def __init__(self, binary, args=(), nofile=None, env=None):
+        self.binary = binary
+        self.stderr_file = tempfile.TemporaryFile()
+        limit = None if nofile is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
+        self.proc = subprocess.Popen([str(binary), "--port", "0", *args], stdout=subprocess.PIPE,
+                                     stderr=self.stderr_file, preexec_fn=limit,
+                                     env={**os.environ, **(env or {})})
+        self.pid = self.proc.pid
+        self.host, self.port = self._wait_until_listening()
+        self.baseline_fds = self.fd_count()
+        self.stopped = False  # set once a test or the fixture sends the stop signal
+
+    def _wait_until_listening(self):
+        ready, _, _ = select.select([self.proc.stdout], [], [], READY_TIMEOUT)
+        line = self.proc.stdout.readline().decode(errors="replace").strip() if ready else ""
+        if not line.startswith("listening on "):
+            self.kill()
+            pytest.fail(f"{self.binary.name} should print 'listening on HOST:PORT' on stdout within "
+                        f"{READY_TIMEOUT} s of starting; instead it printed {line!r} "
+                        f"(exit code {self.proc.poll()}).\nIts stderr:\n{self.stderr()}")
+        host, _, port = line[len("listening on "):].rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @property
+    def address(self):
+        return (self.host, self.port)
+
+    def stderr(self):
+        self.stderr_file.seek(0)
+        return self.stderr_file.read().decode(errors="replace")
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def fd_count(self):
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def rss_kib(self):
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def cpu_seconds(self):
+        with open(f"/proc/{self.pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    def wait_for_fds(self, expected, timeout=FD_SETTLE_TIMEOUT):
+        """Waits until the server holds `expected` descriptors; returns the last count seen."""
+        return wait_until(lambda: self.fd_count() == expected, timeout, lambda: self.fd_count())
+
+    def stop(self, sig=signal.SIGTERM):
+        """Sends sig and returns (exit code, seconds until exit); kills it if it does not stop."""
+        self.stopped = True
+        if not self.alive():
+            return self.proc.returncode, 0.0
+        start = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=STOP_TIMEOUT + 2)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None, time.monotonic() - start
+        return code, time.monotonic() - start
+
+    def kill(self):
+        if self.alive():
+            self.proc.kill()
+        self.proc.wait()
+
+
+def wait_until(condition, timeout, value=lambda: None, interval=0.02):
+    """Polls condition() until it holds or timeout passes; returns value() (for messages).
+
+    Used where the event is inside another process (its fd count, its exit) and cannot be
+    waited on directly; the interval is a polling period, not a guess at how long things take."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(interval)
+    return value()
+
+
+@pytest.fixture
+def start_server(request):
+    """start_server(lesson, *args, nofile=N) -> Server; every server is stopped after the test,
+    must exit 0 within a second of SIGTERM, and must hold no more descriptors than it started
+    with once the test's own connections are closed."""
+    servers = []
+    request.node.servers = servers
+
+    def start(lesson, *args, nofile=None, env=None, check_fds=True):
+        server = Server(binary_path(request.config, lesson), args, nofile, env)
+        server.check_fds = check_fds
+        servers.append(server)
+        return server
+
+    yield start
+    problems = []
+    for server in servers:
+        if server.stopped:
+            continue  # the test stopped it and checked the exit itself
+        if not server.alive():
+            problems.append(f"the server died during the test (exit code {server.proc.returncode}); "
+                            f"a client's behaviour must never kill it")
+            continue
+        if server.check_fds:
+            count = server.wait_for_fds(server.baseline_fds)
+            if count != server.baseline_fds:
+                problems.append(f"the server holds {count} descriptors, {server.baseline_fds} when it "
+                                f"started: every closed connection should close its fd (a leak)")
+        code, seconds = server.stop()
+        if code != 0 or seconds > STOP_TIMEOUT:
+            problems.append(f"after SIGTERM the server should exit 0 within {STOP_TIMEOUT} s; "
+                            f"it gave {code} after {seconds:.2f} s")
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def server(start_server, lesson):
+    """The lesson's server, running quietly on a free port."""
+    return start_server(lesson, "--quiet")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Shows each server's stderr under a failed test: what the server said is half the story."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for index, server in enumerate(getattr(item, "servers", [])):
+            text = server.stderr()
+            if text:
+                report.sections.append((f"server {index} stderr", text[-4000:]))
