@@ -9,6 +9,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 .SECONDEXPANSION:
+.SECONDARY:  # keep object files that pattern rules build on the way
 
 IMPL ?= lessons
 SAN ?=

@@ -8,6 +8,7 @@ From tests:             from clients.echo_client import connect, round_trip, ech
 
 import argparse
 import random
+import select
 import socket
 import statistics
 import sys
@@ -96,6 +97,25 @@ def echo_stream(sock, data, rng=None, largest_chunk=65536):
     if "error" in result:
         raise result["error"]
     return result["data"]
+
+
+def send_until_stalled(sock, data, stall=0.5):
+    """Sends data without reading any echo, until the server stops taking bytes for `stall`
+    seconds (it applies backpressure) or all is sent. Returns how many bytes went out."""
+    sent = 0
+    sock.setblocking(False)
+    try:
+        while sent < len(data):
+            _, writable, _ = select.select([], [sock], [], stall)
+            if not writable:
+                break
+            try:
+                sent += sock.send(data[sent:sent + (1 << 20)])
+            except BlockingIOError:
+                pass
+    finally:
+        sock.setblocking(True)
+    return sent
 
 
 def first_difference(expected, actual):

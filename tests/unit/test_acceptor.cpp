@@ -1,0 +1,70 @@
+// Acceptor: out of descriptors, it turns clients away instead of leaving them queued forever.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+#include "acceptor.h"
+#include "net.h"
+
+namespace {
+Fd connect_to(int port) {
+  Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  SocketAddress address;
+  make_address("127.0.0.1", port, &address);
+  REQUIRE(::connect(fd.get(), address.get(), address.length) == 0);
+  return fd;
+}
+
+// Lowers RLIMIT_NOFILE for one test and restores it afterwards.
+struct FdLimit {
+  rlimit saved{};
+  explicit FdLimit(rlim_t soft) {
+    ::getrlimit(RLIMIT_NOFILE, &saved);
+    rlimit lowered = saved;
+    lowered.rlim_cur = soft;
+    ::setrlimit(RLIMIT_NOFILE, &lowered);
+  }
+  ~FdLimit() { ::setrlimit(RLIMIT_NOFILE, &saved); }
+};
+}  // namespace
+
+TEST_CASE("acceptor_accepts_until_the_queue_is_empty") {
+  std::string error;
+  Acceptor acceptor(listen_tcp("127.0.0.1", 0, true, &error));
+  int port = local_port(acceptor.listener());
+  Fd a = connect_to(port), b = connect_to(port);
+  Fd client;
+  CHECK(acceptor.accept_one(&client) == Acceptor::Result::kAccepted);
+  CHECK(acceptor.accept_one(&client) == Acceptor::Result::kAccepted);
+  CHECK(acceptor.accept_one(&client) == Acceptor::Result::kEmpty);
+  CHECK((::fcntl(client.get(), F_GETFL) & O_NONBLOCK) != 0);
+}
+
+TEST_CASE("acceptor_turns_a_client_away_when_out_of_descriptors") {
+  std::string error;
+  Acceptor acceptor(listen_tcp("127.0.0.1", 0, true, &error));
+  int port = local_port(acceptor.listener());
+  Fd client = connect_to(port);
+  std::vector<Fd> hog;
+  {
+    FdLimit limit(64);
+    while (true) {  // use up every descriptor below the limit
+      Fd fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+      if (!fd) break;
+      hog.push_back(std::move(fd));
+    }
+    Fd accepted;
+    CHECK(acceptor.accept_one(&accepted) == Acceptor::Result::kRejected);
+    CHECK_MESSAGE(acceptor.accept_one(&accepted) == Acceptor::Result::kEmpty,
+                  "with the queue drained the caller must be told to stop, or it spins");
+    hog.clear();
+  }
+  char byte;
+  CHECK_MESSAGE(::read(client.get(), &byte, 1) == 0, "the turned-away client should see EOF");
+}
