@@ -9,22 +9,15 @@ it applies to with LESSONS = ["02", "03"]. The `server` fixture starts that less
 
 import os
 import pathlib
-import resource
-import select
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-READY_TIMEOUT = 5.0
-STOP_TIMEOUT = 1.0  # the contract: exit 0 within a second of SIGTERM
-FD_SETTLE_TIMEOUT = 3.0
+from clients.server_process import STOP_TIMEOUT, Server, ServerError  # noqa: E402
+
 
 
 def lesson_dirs(kind="solutions"):
@@ -77,93 +70,6 @@ def binary_path(config, lesson, name="server"):
     return path
 
 
-class Server:
-    """One server process started with --port 0, from its readiness line to its exit."""
-
-    def __init__(self, binary, args=(), nofile=None, env=None):
-        self.binary = binary
-        self.stderr_file = tempfile.TemporaryFile()
-        limit = None if nofile is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
-        self.proc = subprocess.Popen([str(binary), "--port", "0", *args], stdout=subprocess.PIPE,
-                                     stderr=self.stderr_file, preexec_fn=limit,
-                                     env={**os.environ, **(env or {})})
-        self.pid = self.proc.pid
-        self.host, self.port = self._wait_until_listening()
-        self.baseline_fds = self.fd_count()
-        self.stopped = False  # set once a test or the fixture sends the stop signal
-
-    def _wait_until_listening(self):
-        ready, _, _ = select.select([self.proc.stdout], [], [], READY_TIMEOUT)
-        line = self.proc.stdout.readline().decode(errors="replace").strip() if ready else ""
-        if not line.startswith("listening on "):
-            self.kill()
-            pytest.fail(f"{self.binary.name} should print 'listening on HOST:PORT' on stdout within "
-                        f"{READY_TIMEOUT} s of starting; instead it printed {line!r} "
-                        f"(exit code {self.proc.poll()}).\nIts stderr:\n{self.stderr()}")
-        host, _, port = line[len("listening on "):].rpartition(":")
-        return host.strip("[]"), int(port)
-
-    @property
-    def address(self):
-        return (self.host, self.port)
-
-    def stderr(self):
-        self.stderr_file.seek(0)
-        return self.stderr_file.read().decode(errors="replace")
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def fd_count(self):
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
-
-    def rss_kib(self):
-        with open(f"/proc/{self.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
-
-    def cpu_seconds(self):
-        with open(f"/proc/{self.pid}/stat") as stat:
-            fields = stat.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-    def wait_for_fds(self, expected, timeout=FD_SETTLE_TIMEOUT):
-        """Waits until the server holds `expected` descriptors; returns the last count seen."""
-        return wait_until(lambda: self.fd_count() == expected, timeout, lambda: self.fd_count())
-
-    def stop(self, sig=signal.SIGTERM):
-        """Sends sig and returns (exit code, seconds until exit); kills it if it does not stop."""
-        self.stopped = True
-        if not self.alive():
-            return self.proc.returncode, 0.0
-        start = time.monotonic()
-        self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(timeout=STOP_TIMEOUT + 2)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return None, time.monotonic() - start
-        return code, time.monotonic() - start
-
-    def kill(self):
-        if self.alive():
-            self.proc.kill()
-        self.proc.wait()
-
-
-def wait_until(condition, timeout, value=lambda: None, interval=0.02):
-    """Polls condition() until it holds or timeout passes; returns value() (for messages).
-
-    Used where the event is inside another process (its fd count, its exit) and cannot be
-    waited on directly; the interval is a polling period, not a guess at how long things take."""
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(interval)
-    return value()
-
-
 @pytest.fixture
 def start_server(request):
     """start_server(lesson, *args, nofile=N) -> Server; every server is stopped after the test,
@@ -173,7 +79,10 @@ def start_server(request):
     request.node.servers = servers
 
     def start(lesson, *args, nofile=None, env=None, check_fds=True):
-        server = Server(binary_path(request.config, lesson), args, nofile, env)
+        try:
+            server = Server(binary_path(request.config, lesson), args, nofile, env)
+        except ServerError as error:
+            pytest.fail(str(error), pytrace=False)
         server.check_fds = check_fds
         servers.append(server)
         return server
