@@ -50,10 +50,14 @@ Acceptor::Result Acceptor::turn_one_away() {
   spare_.reset();
   Fd victim(accept_nonblocking(listener_.get()));
   int saved = errno;
+  bool turned_away = victim.valid();
+  victim.reset();  // before taking the spare back: the victim holds the spare's slot
   spare_.reset(open_spare());
   // accept() reports EMFILE even when the queue is empty; then the spare finds EAGAIN, and the
-  // caller must stop looping.
-  if (!victim) return saved == EAGAIN ? Result::kEmpty : Result::kRetry;
+  // caller must stop looping. EMFILE/ENFILE here means there was no spare to give (the system
+  // ran out too): stop as well, rather than loop on accept() without ever sleeping.
+  if (!turned_away)
+    return saved == EAGAIN || saved == EMFILE || saved == ENFILE ? Result::kEmpty : Result::kRetry;
   warn("out of file descriptors: turned a client away");
   return Result::kRejected;
 }

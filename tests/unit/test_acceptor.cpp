@@ -68,3 +68,22 @@ TEST_CASE("acceptor_turns_a_client_away_when_out_of_descriptors") {
   char byte;
   CHECK_MESSAGE(::read(client.get(), &byte, 1) == 0, "the turned-away client should see EOF");
 }
+
+TEST_CASE("acceptor_turns_away_every_queued_client_and_keeps_its_spare") {
+  std::string error;
+  Acceptor acceptor(listen_tcp("127.0.0.1", 0, true, &error));
+  int port = local_port(acceptor.listener());
+  Fd first = connect_to(port), second = connect_to(port), third = connect_to(port);
+  std::vector<Fd> hog;
+  {
+    FdLimit limit(64);
+    for (Fd fd; (fd = Fd(::open("/dev/null", O_RDONLY | O_CLOEXEC)));) hog.push_back(std::move(fd));
+    Fd accepted;
+    // Each rejection must give the spare back, or the next queued client is accepted into the
+    // spare's slot and, after it, accept() fails with EMFILE with nothing left to turn clients away.
+    for (int client = 0; client < 3; ++client)
+      CHECK_MESSAGE(acceptor.accept_one(&accepted) == Acceptor::Result::kRejected, "client ", client);
+    CHECK(acceptor.accept_one(&accepted) == Acceptor::Result::kEmpty);
+    hog.clear();
+  }
+}
