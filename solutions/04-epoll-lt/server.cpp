@@ -63,8 +63,7 @@ bool echo_back(Conn& conn, const char* data, size_t size) {
   return true;
 }
 
-// Reads what has arrived and echoes it. One read is enough: under level triggering, if more is
-// waiting, the next epoll_wait reports the socket again. Returns false if the connection failed.
+// Reads what has arrived and echoes it. Returns false if the connection failed.
 bool on_readable(Conn& conn) {
   char buffer[kReadChunk];
   ssize_t n;
@@ -72,37 +71,17 @@ bool on_readable(Conn& conn) {
   while (n < 0 && errno == EINTR);
   if (n > 0) return echo_back(conn, buffer, static_cast<size_t>(n));
   if (n == 0) {
-    conn.peer_done = true;  // FIN: stop reading (a socket at EOF stays readable: LT would repeat it)
+    conn.peer_done = true;  // FIN: stop reading; close once everything owed is sent
     return true;
   }
   int error = errno;
-  if (error == EAGAIN) return true;  // readiness is a hint, not a promise
+  if (error == EAGAIN) return true;  // readiness is a hint, not a promise (see select(2), BUGS)
   chatter("read fd %d: %s", conn.fd.get(), std::strerror(error));
   return false;
 }
 
 // Sends what is queued. Returns false if the client is gone.
 bool on_writable(Conn& conn) { return conn.out.flush_to(conn.fd.get()) != OutputBuffer::Flush::kFailed; }
-
-// The events conn needs now. EPOLLOUT only while output is pending: left armed on a socket with
-// room in its buffer, level triggering would report it on every epoll_wait, a busy loop.
-uint32_t events_wanted(const Conn& conn) {
-  return (wants_read(conn) ? EPOLLIN : 0u) | (wants_write(conn) ? EPOLLOUT : 0u);
-}
-
-// Brings conn's registration in line with what it wants. A ping-pong message changes nothing,
-// so it costs no epoll_ctl; only backed-up output (arm EPOLLOUT), drained output (disarm it) and
-// backpressure (drop EPOLLIN) do. Returns false if epoll_ctl failed.
-bool update_events(int epoll, Conn& conn) {
-  uint32_t wanted = events_wanted(conn);
-  if (wanted == conn.watching) return true;
-  epoll_event event{};
-  event.events = wanted;
-  event.data.ptr = &conn;
-  if (::epoll_ctl(epoll, EPOLL_CTL_MOD, conn.fd.get(), &event) < 0) return false;
-  conn.watching = wanted;
-  return true;
-}
 
 // Registers conn with epoll, once for its whole life: readable, with its address as the cookie
 // every event will carry. Returns false if epoll_ctl failed (ENOMEM, or ENOSPC: max_user_watches).
@@ -155,12 +134,35 @@ void accept_clients(Acceptor& acceptor, Table& table) {
   }
 }
 
-// Serves one event of one connection, and closes it if it failed or is finished.
-// EPOLLHUP and EPOLLERR come unasked; the read or write they lead to reports what happened.
-void serve_event(Table& table, Conn& conn, uint32_t events) {
+// The events to ask epoll for on this connection, from what it wants now. Level-triggered like
+// poll(): an EPOLLOUT left armed on a socket with room would be reported by every epoll_wait.
+uint32_t events_for(const Conn& conn) {
+  return (wants_read(conn) ? EPOLLIN : 0u) | (wants_write(conn) ? EPOLLOUT : 0u);
+}
+
+// Brings conn's registration in line with what it wants. A ping-pong message changes nothing,
+// so it costs no epoll_ctl; only backed-up output (arm EPOLLOUT), drained output (disarm it) and
+// backpressure (drop EPOLLIN) do. Returns false if epoll_ctl failed.
+bool update_events(int epoll, Conn& conn) {
+  uint32_t wanted = events_for(conn);
+  if (wanted == conn.watching) return true;
+  epoll_event event{};
+  event.events = wanted;
+  event.data.ptr = &conn;
+  if (::epoll_ctl(epoll, EPOLL_CTL_MOD, conn.fd.get(), &event) < 0) return false;
+  conn.watching = wanted;
+  return true;
+}
+
+// Serves one connection epoll reported ready, and closes it if it failed or is finished; else
+// updates its events (only serving a connection changes what it wants).
+void serve_ready(Table& table, Conn& conn, uint32_t events) {
+  // EPOLLERR and EPOLLHUP come even unasked. Hand them to the read or write the connection wants,
+  // which meets the error and closes it; ignored, they would wake every epoll_wait at once, forever.
+  if (events & (EPOLLERR | EPOLLHUP)) events |= conn.watching;
   bool ok = true;
-  if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ok = on_readable(conn);
-  if (ok && (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))) ok = on_writable(conn);
+  if (events & EPOLLIN) ok = on_readable(conn);
+  if (ok && (events & EPOLLOUT)) ok = on_writable(conn);
   if (!ok || finished(conn) || !update_events(table.epoll.get(), conn)) remove_connection(table, conn);
 }
 
@@ -176,14 +178,23 @@ Fd create_epoll(int listener) {
   return epoll;
 }
 
+// Hands one event to its handler: the listener's (data.ptr null) to accept_clients, a Conn's to
+// serve_ready, unless that Conn was closed earlier in this batch. Returns true once it has.
+bool dispatch(Acceptor& acceptor, Table& table, const epoll_event& event) {
+  auto* conn = static_cast<Conn*>(event.data.ptr);
+  if (conn == nullptr) accept_clients(acceptor, table);
+  else if (conn->fd) serve_ready(table, *conn, event.events);
+  return true;
+}
+
 // The event loop: wait until some socket is ready, serve it, until a stop signal. Returns the exit code.
 int run(Acceptor& acceptor, Fd epoll, const sigset_t* wait_mask) {
   Table table;
   table.epoll = std::move(epoll);
   epoll_event events[kMaxEvents];
   while (!stop_requested()) {
-    // SIGINT/SIGTERM are blocked except inside epoll_pwait: one that arrived since the check
-    // above is still pending and interrupts the call at once.
+    // SIGINT/SIGTERM are blocked except inside epoll_pwait: one that arrived since the check above is
+    // still pending and interrupts the call at once, instead of waiting for the next client.
     int ready = ::epoll_pwait(table.epoll.get(), events, kMaxEvents, -1, wait_mask);
     if (ready < 0) {
       if (errno == EINTR) continue;  // a signal: the loop condition decides
@@ -191,15 +202,16 @@ int run(Acceptor& acceptor, Fd epoll, const sigset_t* wait_mask) {
       return 1;
     }
     for (int i = 0; i < ready; ++i) {
-      auto* conn = static_cast<Conn*>(events[i].data.ptr);
-      if (conn == nullptr) accept_clients(acceptor, table);
-      else if (conn->fd) serve_event(table, *conn, events[i].events);  // skip one closed in this batch
+      if (!dispatch(acceptor, table, events[i])) {
+        warn("dispatch() handled no event (is its TODO filled in?)");
+        return 1;
+      }
     }
-    // Only now may closed connections be freed: until the batch is done, a later entry could
+    // Only now may closed connections be freed: until the batch is done, a later event could
     // still hold the address of one closed earlier (see the lesson text).
     table.closed.clear();
   }
-  return 0;  // the table's destructor closes every connection, then the epoll fd
+  return 0;  // the table's destructor closes every connection
 }
 
 }  // namespace
