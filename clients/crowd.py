@@ -2,7 +2,7 @@
 """Many connections at once: open them, echo through all of them, or just hold them idle.
 
 By hand:   clients/crowd.py --port 7004 --connections 5000 --hold 30   (then watch `ss -s`)
-From tests: from clients.crowd import open_many, echo_through_all, raise_fd_limit
+From tests: from clients.crowd import open_many, echo_through_all, raise_fd_limit, wait_until_closed
 """
 
 import argparse
@@ -50,6 +50,7 @@ def echo_through_all(socks, size=64, timeout=10.0, seed=0):
     sent = {sock: 0 for sock in socks}
     received = {sock: bytearray() for sock in socks}
     selector = selectors.DefaultSelector()
+    timeouts = {sock: sock.gettimeout() for sock in socks}
     for sock in socks:
         sock.setblocking(False)
         selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
@@ -76,12 +77,43 @@ def echo_through_all(socks, size=64, timeout=10.0, seed=0):
                     waiting -= 1
     selector.close()
     for sock in socks:
-        sock.setblocking(True)
+        sock.settimeout(timeouts[sock])  # back as it was: setblocking(True) would drop the timeout
     if waiting:
         problems.append(f"{waiting} of {len(socks)} connections still had bytes missing after {timeout} s")
     problems += [f"fd {s.fileno()}: wrong bytes echoed" for s in socks
                  if len(received[s]) == size and received[s] != expected[s]]
     return problems
+
+
+def wait_until_closed(socks, timeout=5.0):
+    """Waits, for all sockets at once and at most `timeout`, until the server ends each connection.
+
+    Returns one word per socket: "EOF" (the server closed it), "RST" (it reset it), or "open" (still
+    open at the deadline). Bytes the server sends first are read and ignored."""
+    fates = {sock: "open" for sock in socks}
+    timeouts = {sock: sock.gettimeout() for sock in socks}
+    selector = selectors.DefaultSelector()  # epoll: these fds may be past select()'s FD_SETSIZE too
+    for sock in socks:
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    pending = len(socks)
+    while pending and time.monotonic() < deadline:
+        for key, _ in selector.select(timeout=max(0.0, deadline - time.monotonic())):
+            try:
+                if key.fileobj.recv(1 << 16):
+                    continue
+                fates[key.fileobj] = "EOF"
+            except BlockingIOError:
+                continue
+            except ConnectionResetError:
+                fates[key.fileobj] = "RST"
+            selector.unregister(key.fileobj)
+            pending -= 1
+    selector.close()
+    for sock in socks:
+        sock.settimeout(timeouts[sock])
+    return [fates[sock] for sock in socks]
 
 
 def main():

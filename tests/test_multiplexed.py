@@ -68,6 +68,21 @@ def test_running_out_of_descriptors_neither_crashes_nor_spins(start_server, less
         assert round_trip(sock, b"back") == b"back", "after the clients left, the server should serve again"
 
 
+def test_idle_connections_cost_no_cpu(server):
+    socks = open_many(server.address, 50)
+    try:
+        assert not echo_through_all(socks), "each of 50 clients should get its echo"
+        cpu_before, start = server.cpu_seconds(), time.monotonic()
+        time.sleep(1.0)  # the measurement interval itself, not a wait for an event
+        cpu_per_second = (server.cpu_seconds() - cpu_before) / (time.monotonic() - start)
+        assert cpu_per_second < 0.1, (
+            f"with 50 connections idle, everything echoed, the server used {cpu_per_second:.2f} s of CPU per "
+            f"second; it should sleep. Asking for writability (write set, POLLOUT, EPOLLOUT) on a socket "
+            f"with nothing to send makes every wait return at once: ask only while output is pending")
+    finally:
+        close_all(socks)
+
+
 def test_holds_its_capacity_of_concurrent_connections_all_echoing(server, lesson):
     count = CAPACITY.get(lesson, EPOLL_CAPACITY)
     rss_before = server.rss_kib()
