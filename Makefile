@@ -93,10 +93,23 @@ deps:
 	  'test -f /usr/include/doctest/doctest.h=doctest-dev' \
 	  '$(PYTHON) -c "import pytest"=python3-pytest' \
 	  '$(PYTHON) -c "import pytest_timeout"=python3-pytest-timeout' \
-	  'test -f /usr/include/event2/event.h=libevent-dev'
+	  'test -f /usr/include/event2/event.h=libevent-dev' \
+	  'command -v strace=strace'
 
 unit: deps $(BUILD)/solutions/unit/unit_tests
 	$(BUILD)/solutions/unit/unit_tests
+
+# Lesson 02's demonstration of FD_SET past FD_SETSIZE (tests/fd_set_overflow.cpp), built twice with
+# its own flags (never SAN: a sanitizer would report the very overflow it shows): as Debian's g++
+# builds by default, unfortified (silent corruption), and with _FORTIFY_SOURCE=2 (glibc aborts).
+FD_SET_DEMOS := $(BUILD)/demo/fd_set_overflow $(BUILD)/demo/fd_set_overflow_fortified
+$(BUILD)/demo/fd_set_overflow: tests/fd_set_overflow.cpp
+	@mkdir -p $(@D)
+	$(CXX) -std=c++20 -Wall -Wextra -Werror -O2 -U_FORTIFY_SOURCE -o $@ $<
+$(BUILD)/demo/fd_set_overflow_fortified: tests/fd_set_overflow.cpp
+	@mkdir -p $(@D)
+	$(CXX) -std=c++20 -Wall -Wextra -Werror -O2 -U_FORTIFY_SOURCE -D_FORTIFY_SOURCE=2 -o $@ $<
+02 all: $(FD_SET_DEMOS)
 
 # The suite CI runs. Solutions must pass everything; every starter must compile and fail.
 test: deps
