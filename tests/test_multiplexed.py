@@ -33,12 +33,13 @@ def test_idle_and_flooding_clients_do_not_delay_a_third(server):
     close_all([idle, flooder])
 
 
-def test_client_that_never_reads_gets_backpressure_and_loses_nothing(server):
+def test_client_that_never_reads_gets_backpressure_and_loses_nothing(server, lesson):
     data = random.Random(2).randbytes(64 << 20)
     rss_before = server.rss_kib()
     with connect(*server.address, timeout=10) as sock:
         sent = send_until_stalled(sock, data)
         growth_mib = (server.rss_kib() - rss_before) / 1024
+        print(f"lesson {lesson}: took {sent / 2**20:.1f} MiB from a client that did not read, RSS grew {growth_mib:.1f} MiB")
         assert sent < len(data), "the server took all 64 MiB without the client reading: where did it go?"
         assert growth_mib < 16, (
             f"a client pushed {sent >> 20} MiB without reading and the server's memory grew {growth_mib:.1f} MiB; "
@@ -59,6 +60,7 @@ def test_running_out_of_descriptors_neither_crashes_nor_spins(start_server, less
     cpu_before, start = server.cpu_seconds(), time.monotonic()
     time.sleep(1.0)  # the measurement interval itself, not a wait for an event
     cpu_per_second = (server.cpu_seconds() - cpu_before) / (time.monotonic() - start)
+    print(f"lesson {lesson}: out of descriptors with 150 clients, {cpu_per_second:.3f} s of CPU per second")
     assert server.alive(), "the server died when it ran out of file descriptors (EMFILE)"
     assert cpu_per_second < 0.3, (
         f"with 150 clients against a limit of 64 descriptors the server used {cpu_per_second:.2f} s of CPU "
