@@ -128,7 +128,8 @@ starters-fail: deps
 	  fi; \
 	done
 
-check-%: deps
+# Static pattern rules: make never applies a plain pattern rule (check-%) to a .PHONY target.
+$(addprefix check-,$(LESSONS)): check-%: deps
 	@$(MAKE) --no-print-directory $* IMPL=$(IMPL)
 	$(PYTEST) -q tests --impl $(IMPL) --lesson $*
 
@@ -142,7 +143,7 @@ progress: deps
 	if [ -n "$$next" ]; then echo "next: lessons/$$(basename $$(ls -d lessons/$$next-*))/README.md, then make check-$$next"; \
 	else echo "all lessons pass"; fi
 
-run-%:
+$(addprefix run-,$(LESSONS)): run-%:
 	@$(MAKE) --no-print-directory $* IMPL=$(IMPL)
 	@echo "Talk to it from another terminal: $(PYTHON) clients/echo_client.py --port <PORT below>  (Ctrl-C stops the server)"
 	$(BUILD)/$(IMPL)/$*/server $(ARGS)
