@@ -1,0 +1,199 @@
+"""Lesson 06: idle connections are closed on time, active ones never, whatever their number, and a
+server with nothing due sleeps instead of polling. Short timeouts keep the file to a few seconds.
+
+Activity means bytes moving in either direction: a byte received, or echo the client accepted.
+So a client that keeps reading what it is owed is not cut short while it drains, and one that
+neither sends nor reads is closed even if the server still owes it data."""
+
+import random
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from clients.crowd import close_all, open_many
+from clients.echo_client import connect, round_trip, send_until_stalled
+from clients.idle import IdleCrowd, read_paced, wait_for_close
+from conftest import binary_path
+
+LESSONS = ["06"]
+
+TIMEOUT = 0.5
+
+
+def tolerance(timeout):
+    """How late a close may come (DESIGN.md): 0.2 s or 20% of the timeout, whichever is more."""
+    return max(0.2, 0.2 * timeout)
+
+
+def start_with_timeout(start_server, lesson, timeout):
+    return start_server(lesson, "--quiet", "--idle-timeout", str(timeout))
+
+
+def assert_closed_on_time(closed_at, quiet_since, timeout, what):
+    assert closed_at is not None, (
+        f"{what}: the server never closed it; it should close a connection idle for --idle-timeout "
+        f"{timeout} s within {tolerance(timeout):.1f} s of that deadline")
+    idle = closed_at - quiet_since
+    assert idle >= timeout, (
+        f"{what}: closed after {idle:.3f} s of silence, before its {timeout} s timeout: an idle "
+        f"connection must get the whole timeout (is the deadline computed from the last activity?)")
+    assert idle <= timeout + tolerance(timeout), (
+        f"{what}: closed after {idle:.3f} s of silence; with --idle-timeout {timeout} it should close "
+        f"within {tolerance(timeout):.1f} s of the deadline (does epoll_wait sleep until the next deadline?)")
+
+
+def test_idle_client_is_closed_after_its_timeout_counted_from_its_last_byte(start_server, lesson):
+    server = start_with_timeout(start_server, lesson, TIMEOUT)
+    with connect(*server.address) as sock:
+        assert round_trip(sock, b"first") == b"first"
+        # Half a timeout of silence, then one more byte: the deadline must move with it.
+        assert wait_for_close(sock, TIMEOUT / 2) is None, "closed after half of its idle timeout"
+        last_send = time.monotonic()
+        assert round_trip(sock, b"last") == b"last"
+        closed_at = wait_for_close(sock, TIMEOUT + tolerance(TIMEOUT) + 2)
+    assert_closed_on_time(closed_at, last_send, TIMEOUT, "a client silent after its last echo")
+
+
+def test_client_that_never_sends_is_closed_after_its_timeout(start_server, lesson):
+    server = start_with_timeout(start_server, lesson, TIMEOUT)
+    quiet_since = time.monotonic()
+    with connect(*server.address) as sock:
+        closed_at = wait_for_close(sock, TIMEOUT + tolerance(TIMEOUT) + 2)
+    assert_closed_on_time(closed_at, quiet_since, TIMEOUT, "a client that connected and never sent")
+
+
+def test_client_sending_a_byte_every_third_of_the_timeout_is_never_closed(start_server, lesson):
+    server = start_with_timeout(start_server, lesson, TIMEOUT)
+    with connect(*server.address) as active, connect(*server.address) as idle:
+        quiet_since = time.monotonic()
+        idle_closed_at = None
+        while time.monotonic() - quiet_since < 4 * TIMEOUT:
+            # Pace the active client by waiting a third of the timeout for the idle one to close.
+            idle_closed_at = idle_closed_at or wait_for_close(idle, TIMEOUT / 3)
+            try:
+                echo = round_trip(active, b"!")
+            except (AssertionError, OSError) as error:
+                pytest.fail(f"a client sending one byte every {TIMEOUT / 3:.2f} s was cut off "
+                            f"{time.monotonic() - quiet_since:.2f} s in ({error}); any byte received must "
+                            f"push its deadline back by the whole --idle-timeout {TIMEOUT}")
+            assert echo == b"!"
+    assert_closed_on_time(idle_closed_at, quiet_since, TIMEOUT, "the idle client beside the active one")
+
+
+def test_2000_idle_clients_are_all_closed_near_their_deadlines(start_server, lesson):
+    timeout, count = 2.0, 2000
+    server = start_with_timeout(start_server, lesson, timeout)
+    with IdleCrowd(server.address, count) as crowd:
+        crowd.open()
+        crowd.wait(until=crowd.last_quiet() + timeout + tolerance(timeout) + 2)
+        delays = crowd.close_delays(timeout)
+        still_open = crowd.still_open()
+    report = (f"earliest {delays[0] * 1000:+.1f} ms, latest {delays[-1] * 1000:+.1f} ms relative to the "
+              f"deadline" if delays else "none closed")
+    print(f"{count} idle connections, --idle-timeout {timeout}: {report}")
+    assert not still_open, (
+        f"{still_open} of {count} idle connections were still open 2 s past the tolerance ({report}): "
+        f"every idle connection must be closed, however many there are")
+    assert delays[0] >= 0, (
+        f"a connection was closed {-delays[0] * 1000:.1f} ms before its deadline ({report}): the "
+        f"server must never close a connection that has not been idle for the whole timeout")
+    assert delays[-1] <= tolerance(timeout), (
+        f"the latest close came {delays[-1] * 1000:.0f} ms after its deadline ({report}); it should be "
+        f"within {tolerance(timeout) * 1000:.0f} ms: a server that checks a slice of its connections "
+        f"per wakeup falls further behind the more connections it has")
+
+
+def voluntary_context_switches(pid):
+    """How many times the process went to sleep (blocked) so far: one per epoll_wait that waits."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_1000_idle_connections_with_a_long_timeout_cost_no_cpu_and_no_wakeups(start_server, lesson):
+    server = start_with_timeout(start_server, lesson, 60)
+    socks = open_many(server.address, 1000)
+    try:
+        settled = server.wait_for_fds(server.baseline_fds + 1000)
+        assert settled == server.baseline_fds + 1000, f"the server accepted {settled - server.baseline_fds} of 1000"
+        assert round_trip(socks[-1], b"x") == b"x"  # the last event; from here on nothing happens
+        cpu_before, wakeups_before, start = server.cpu_seconds(), voluntary_context_switches(server.pid), time.monotonic()
+        time.sleep(2.0)  # the measurement interval itself, not a wait for an event
+        seconds = time.monotonic() - start
+        cpu = server.cpu_seconds() - cpu_before
+        wakeups = voluntary_context_switches(server.pid) - wakeups_before
+    finally:
+        close_all(socks)
+    print(f"1000 idle connections, --idle-timeout 60: {wakeups} wakeups and {cpu * 1000:.0f} ms of CPU in {seconds:.1f} s")
+    assert wakeups <= 1, (
+        f"with 1000 idle connections and the next deadline 60 s away, the server woke {wakeups} times in "
+        f"{seconds:.1f} s; it should sleep in epoll_wait until the next deadline, not poll on a fixed interval")
+    assert cpu < 0.05, (
+        f"the server used {cpu:.2f} s of CPU in {seconds:.1f} s with nothing to do: it should be asleep")
+
+
+def test_half_closed_client_still_draining_its_echo_is_not_cut_short(start_server, lesson):
+    """The client sends 8 MiB at once, half-closes, and then only reads, at a steady 5 MiB/s. It
+    is silent for well over a timeout while bytes keep moving: the server reads what is still
+    buffered, writes the echo as the client takes it, and each move is activity."""
+    server = start_with_timeout(start_server, lesson, TIMEOUT)
+    data = random.Random(6).randbytes(8 << 20)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)  # keep the echo from piling up on our side
+    sock.settimeout(5)
+    sock.connect(server.address)
+    silent_since, server_held = [], [time.monotonic()]
+
+    def send_then_shut():
+        try:
+            sock.sendall(data)
+            silent_since.append(time.monotonic())
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the server cut us off; the assertions below say so
+
+    def note_server_still_holds_it():
+        if server.fd_count() > server.baseline_fds:
+            server_held[0] = time.monotonic()
+
+    with sock:
+        sender = threading.Thread(target=send_then_shut)
+        sender.start()
+        received = read_paced(sock, 5 << 20, note_server_still_holds_it)
+        sender.join()
+    got_everything = received == data  # compared here, so a failure does not print 8 MiB of bytes
+    assert got_everything, (
+        f"a half-closed client reading its echo at 5 MiB/s got {len(received)} of {len(data)} bytes before the "
+        f"server closed: a connection whose bytes are still moving is not idle, even if the client sends nothing")
+    silent_for = server_held[0] - silent_since[0]
+    assert silent_for > TIMEOUT, (
+        f"the server finished {silent_for:.2f} s after the client's last send, within one timeout, so this test "
+        f"proved nothing about the timer; send more data")
+
+
+def test_client_that_neither_sends_nor_reads_is_closed_though_still_owed_data(start_server, lesson):
+    server = start_with_timeout(start_server, lesson, TIMEOUT)
+    with connect(*server.address) as sock:
+        send_until_stalled(sock, random.Random(7).randbytes(16 << 20), stall=0.1)
+        stalled = time.monotonic()
+        count = server.wait_for_fds(server.baseline_fds, timeout=TIMEOUT + tolerance(TIMEOUT) + 2)
+        seconds = time.monotonic() - stalled
+    assert count == server.baseline_fds, (
+        f"a client that stopped reading and sending was still connected {seconds:.1f} s later: with no "
+        f"bytes moving either way, it is idle, however much echo the server still holds for it")
+    assert seconds <= TIMEOUT + tolerance(TIMEOUT), (
+        f"a stalled client was closed {seconds:.2f} s after it stalled; --idle-timeout is {TIMEOUT} s")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "1e9"])
+def test_bad_idle_timeout_is_a_usage_error(pytestconfig, lesson, value):
+    result = subprocess.run([str(binary_path(pytestconfig, lesson)), "--port", "0", "--idle-timeout", value],
+                            capture_output=True, text=True, timeout=5)
+    assert result.returncode == 2 and "--idle-timeout" in result.stderr, (
+        f"--idle-timeout {value!r} should exit 2 with a one-line reason naming the flag; "
+        f"got exit {result.returncode}, stderr {result.stderr.strip()!r}")
