@@ -4,9 +4,14 @@
 
 #include <signal.h>
 
-// Installs the handlers without SA_RESTART, so a blocked accept()/read() returns EINTR and
-// the caller gets to look at stop_requested().
-void install_signal_handlers();
+// What a stop signal does. kSetFlag: the handler sets a flag that the event loop checks
+// (without SA_RESTART, so a blocked call returns EINTR). kExitAtOnce: the handler calls _exit(0)
+// and the kernel closes every socket; for a blocking server, which cannot wait for a signal and
+// a socket at once, this is the only race-free way (a flag set just before read() blocks is
+// missed until the peer sends something).
+enum class OnStop { kSetFlag, kExitAtOnce };
+
+void install_signal_handlers(OnStop on_stop = OnStop::kSetFlag);
 
 bool stop_requested();
 

@@ -34,29 +34,27 @@ Fd listen_on(const std::string& host, int port) {
   return listener;
 }
 
-// Blocks until a client connects. Returns an invalid Fd if a stop signal interrupted the wait.
+// Blocks until a client connects.
 Fd accept_client(int listener) {
   for (;;) {
     int fd = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
     if (fd >= 0) return Fd(fd);
-    if (errno == EINTR) {
-      if (stop_requested()) return Fd{};
-    } else if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
       // Out of resources: accept would fail again at once. Back off instead of spinning.
       warn("accept: %s; retrying in 100 ms", std::strerror(errno));
       ::poll(nullptr, 0, 100);
     }
-    // Anything else (ECONNABORTED: the client gave up while queued) loses one client, not us.
+    // Anything else (EINTR; ECONNABORTED: the client gave up while queued) loses one client, not us.
   }
 }
 
 // Writes all of data: write() may accept only part of it when the socket buffer is nearly full.
-// Returns false if the peer is gone (EPIPE, ECONNRESET) or a stop signal arrived.
+// Returns false if the peer is gone (EPIPE, ECONNRESET).
 bool write_all(int fd, const char* data, size_t size) {
   while (size > 0) {
     ssize_t n = ::write(fd, data, size);
     if (n < 0) {
-      if (errno == EINTR && !stop_requested()) continue;
+      if (errno == EINTR) continue;
       return false;
     }
     data += n;
@@ -65,7 +63,7 @@ bool write_all(int fd, const char* data, size_t size) {
   return true;
 }
 
-// Echoes until the client half-closes (read returns 0), the connection fails, or we must stop.
+// Echoes until the client half-closes (read returns 0) or the connection fails.
 void serve_client(int fd) {
   char buffer[16 * 1024];
   for (;;) {
@@ -74,8 +72,8 @@ void serve_client(int fd) {
       if (!write_all(fd, buffer, static_cast<size_t>(n))) return;
     } else if (n == 0) {
       return;  // FIN: the client sends no more, and everything it sent has been echoed
-    } else if (errno != EINTR || stop_requested()) {
-      if (errno != EINTR) chatter("read: %s", std::strerror(errno));
+    } else if (errno != EINTR) {
+      chatter("read: %s", std::strerror(errno));  // ECONNRESET: the client reset the connection
       return;
     }
   }
@@ -86,21 +84,23 @@ void serve_client(int fd) {
 int main(int argc, char** argv) {
   Options options = parse_or_exit(argc, argv, kSpec);
   set_quiet(options.quiet);
-  install_signal_handlers();
+  // SIGINT/SIGTERM end the process at once (see common/signals.h for why a blocking server
+  // cannot do better); the kernel closes the listener and the client's connection.
+  install_signal_handlers(OnStop::kExitAtOnce);
   Fd listener = listen_on(options.host, options.port);
   if (!listener) {
     warn("listen_on() returned no listening socket (is its TODO filled in?)");
     return 1;
   }
   announce_listening(options.host, local_port(listener.get()));
-  // Known gap of a blocking server: a signal that lands just before accept() enters the kernel
-  // is seen only after the next client. Lesson 02's pselect() closes that window.
-  while (!stop_requested()) {
+  for (;;) {
     Fd client = accept_client(listener.get());
-    if (!client) break;  // only when a stop signal arrived
+    if (!client) {
+      warn("accept_client() returned no client (is its TODO filled in?)");
+      return 1;
+    }
     chatter("client connected (fd %d)", client.get());
     serve_client(client.get());
     chatter("client done (fd %d)", client.get());
-  }  // the Fd destructor closes the connection on every path
-  return 0;
+  }  // the Fd destructor closes each connection on every path
 }
