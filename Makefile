@@ -148,6 +148,22 @@ $(addprefix run-,$(LESSONS)): run-%:
 	@echo "Talk to it from another terminal: $(PYTHON) clients/echo_client.py --port <PORT below>  (Ctrl-C stops the server)"
 	$(BUILD)/$(IMPL)/$*/server $(ARGS)
 
+# Lesson 07's load generator: an epoll client like the servers it measures (clients/loadgen.cpp).
+LOADGEN := $(BUILD)/clients/loadgen
+$(LOADGEN): clients/loadgen.cpp $(COMMON_OBJS)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) $(LDFLAGS) -o $@ $< $(COMMON_OBJS)
+.PHONY: loadgen bench-quick
+loadgen: $(LOADGEN)
+all: $(LOADGEN)
+07: $(LOADGEN)  # lesson 07's tests drive its server with loadgen
+
+# Lesson 07: measure every model. bench takes a few minutes, bench-quick about one. Both measure
+# the reference solutions unless IMPL is given (make bench IMPL=lessons measures yours).
+BENCH_IMPL := $(if $(filter file,$(origin IMPL)),solutions,$(IMPL))
+bench bench-quick:
+	$(PYTHON) clients/bench.py --impl $(BENCH_IMPL) --build-dir $(BUILD) $(if $(filter bench-quick,$@),--quick)
+
 clean:
 	rm -rf build build-san
 
