@@ -149,10 +149,13 @@ void fill_message(std::vector<char>& message, uint32_t index, uint64_t sequence)
 // A connected, non-blocking TCP socket. Nagle is off so a message leaves at once.
 Fd connect_to(const Config& config, size_t number) {
   SocketAddress address;
-  if (!make_address(config.host, config.port, &address)) fail("--host %s is not an address", config.host.c_str());
+  if (!make_address(config.host, config.port, &address))
+    fail("--host %s is not an address", config.host.c_str());
   Fd fd(::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) fail("socket (connection %zu): %s (raise ulimit -n?)", number, std::strerror(errno));
-  timeval limit{static_cast<time_t>(config.timeout), 0};  // SO_SNDTIMEO also bounds connect()
+  auto whole = static_cast<time_t>(config.timeout);
+  timeval limit{whole, static_cast<suseconds_t>((config.timeout - static_cast<double>(whole)) * 1e6)};
+  // SO_SNDTIMEO also bounds a blocking connect(): a server that never accepts cannot hang us.
   ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
   int rc;
   do rc = ::connect(fd.get(), address.get(), address.length);
@@ -172,7 +175,8 @@ class EchoLoop {
  public:
   using EchoHandler = std::function<bool(Connection&, double round_trip_us)>;
 
-  explicit EchoLoop(size_t message_size) : message_size_(message_size), epoll_(::epoll_create1(EPOLL_CLOEXEC)) {
+  explicit EchoLoop(size_t message_size)
+      : message_size_(message_size), epoll_(::epoll_create1(EPOLL_CLOEXEC)) {
     if (!epoll_) fail("epoll_create1: %s", std::strerror(errno));
   }
 
@@ -234,7 +238,8 @@ class EchoLoop {
   void flush(Connection& connection) {
     while (connection.written < connection.message.size()) {
       const char* rest = connection.message.data() + connection.written;
-      ssize_t n = ::send(connection.fd.get(), rest, connection.message.size() - connection.written, MSG_NOSIGNAL);
+      size_t left = connection.message.size() - connection.written;
+      ssize_t n = ::send(connection.fd.get(), rest, left, MSG_NOSIGNAL);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && errno == EAGAIN) return watch_output(connection, true);
       if (n < 0) fail("send on connection %u: %s", connection.index, std::strerror(errno));
@@ -262,18 +267,18 @@ class EchoLoop {
     if (n == 0)
       fail("the server closed connection %u after echoing %zu of %zu bytes of message %llu", connection.index,
            connection.received, connection.echo.size(), static_cast<unsigned long long>(connection.sequence));
-    if (!expecting) fail("the server sent connection %u bytes it was never sent (an idle connection)", connection.index);
+    if (!expecting) fail("the server sent connection %u bytes it had not been sent", connection.index);
     connection.received += static_cast<size_t>(n);
-    if (connection.received == connection.echo.size() && connection.written == connection.message.size())
-      complete(connection);
+    if (connection.received == connection.echo.size()) complete(connection);
   }
 
   void complete(Connection& connection) {
-    auto mismatch = std::mismatch(connection.message.begin(), connection.message.end(), connection.echo.begin());
-    if (mismatch.first != connection.message.end())
+    const std::vector<char>& sent = connection.message;
+    auto [want, got] = std::mismatch(sent.begin(), sent.end(), connection.echo.begin());
+    if (want != sent.end())
       fail("wrong echo on connection %u, message %llu: byte %td is 0x%02x, should be 0x%02x", connection.index,
-           static_cast<unsigned long long>(connection.sequence), mismatch.first - connection.message.begin(),
-           static_cast<unsigned char>(*mismatch.second), static_cast<unsigned char>(*mismatch.first));
+           static_cast<unsigned long long>(connection.sequence), want - sent.begin(),
+           static_cast<unsigned char>(*got), static_cast<unsigned char>(*want));
     connection.in_flight = false;
     ++echoes_;
     double round_trip_us = seconds_since(connection.sent_at) * 1e6;
@@ -308,8 +313,8 @@ Report run_throughput(const Config& config) {
     return true;
   };
   for (Connection& connection : loop.connections()) loop.send_next(connection);
-  Clock::time_point warm_until = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(config.warmup));
-  loop.run([&] { return Clock::now() >= warm_until; }, config.timeout);
+  Clock::time_point warmup_start = Clock::now();
+  loop.run([&] { return seconds_since(warmup_start) >= config.warmup; }, config.timeout);
   measuring = true;
   report.window.start();
   auto limit_reached = [&] {
@@ -376,31 +381,52 @@ double percentile(std::vector<double> values, double fraction) {
   return *nth;
 }
 
-void print_report(const Config& config, const Report& report) {
-  double rate = report.window.wall > 0 ? static_cast<double>(report.messages) / report.window.wall : 0;
-  double p50 = percentile(report.latencies_us, 0.50), p99 = percentile(report.latencies_us, 0.99);
-  bool cpu_measurable = report.window.cpu >= kMinCpuSeconds && report.messages > 0;
-  double cpu_us = cpu_measurable ? report.window.cpu * 1e6 / static_cast<double>(report.messages) : -1;
+struct Summary {
+  double rate, p50, p99;
+  double cpu_us = -1;          // server CPU per message, or -1 if not measurable
+  double bytes_per_idle = -1;  // idle mode: server RSS growth per idle connection
+};
+
+Summary summarise(const Config& config, const Report& report) {
+  Summary summary;
+  double messages = static_cast<double>(report.messages);
+  summary.rate = report.window.wall > 0 ? messages / report.window.wall : 0;
+  summary.p50 = percentile(report.latencies_us, 0.50);
+  summary.p99 = percentile(report.latencies_us, 0.99);
+  if (report.window.cpu >= kMinCpuSeconds && report.messages > 0)
+    summary.cpu_us = report.window.cpu * 1e6 / messages;
+  long rss_growth_kib = report.rss_after_kib - report.rss_before_kib;
+  if (config.mode == "idle" && config.idle > 0 && report.rss_before_kib >= 0)
+    summary.bytes_per_idle = static_cast<double>(rss_growth_kib) * 1024 / config.idle;
+  return summary;
+}
+
+void print_json(const Config& config, const Report& report, const Summary& summary) {
   bool idle = config.mode == "idle";
-  long rss_delta = report.rss_after_kib - report.rss_before_kib;
-  double bytes_per_idle = (idle && config.idle > 0 && report.rss_before_kib >= 0) ? rss_delta * 1024.0 / config.idle : -1;
   std::printf("{\"mode\": \"%s\", \"connections\": %d, \"idle\": %d, \"size\": %zu, \"window_s\": %.4f, "
               "\"messages\": %ld, \"total_messages\": %llu, \"msgs_per_s\": %.1f, \"p50_us\": %.2f, "
               "\"p99_us\": %.2f, \"server_cpu_s\": %.3f, \"cpu_us_per_msg\": %.3f, \"rss_before_kib\": %ld, "
               "\"rss_after_kib\": %ld, \"bytes_per_idle_conn\": %.1f}\n",
               config.mode.c_str(), idle ? 1 : config.connections, idle ? config.idle : 0, config.size,
-              report.window.wall, report.messages, static_cast<unsigned long long>(report.total_messages), rate, p50,
-              p99, report.window.cpu, cpu_us, report.rss_before_kib, report.rss_after_kib, bytes_per_idle);
+              report.window.wall, report.messages, static_cast<unsigned long long>(report.total_messages),
+              summary.rate, summary.p50, summary.p99, report.window.cpu, summary.cpu_us, report.rss_before_kib,
+              report.rss_after_kib, summary.bytes_per_idle);
   std::fflush(stdout);
-  if (idle)
-    std::fprintf(stderr, "idle scaling: %d idle + 1 active, %ld round trips of %zu bytes: p50 %.1f us, p99 %.1f us",
-                 config.idle, report.messages, config.size, p50, p99);
+}
+
+void print_human(const Config& config, const Report& report, const Summary& summary) {
+  if (config.mode == "idle")
+    std::fprintf(stderr, "idle scaling: %d idle + 1 active, %ld round trips of %zu bytes", config.idle,
+                 report.messages, config.size);
   else
-    std::fprintf(stderr, "throughput: %d connections, %zu-byte messages: %.0f msg/s, p50 %.1f us, p99 %.1f us",
-                 config.connections, config.size, rate, p50, p99);
-  if (cpu_us >= 0) std::fprintf(stderr, ", server CPU %.2f us/msg", cpu_us);
+    std::fprintf(stderr, "throughput: %d connections, %zu-byte messages: %.0f msg/s", config.connections,
+                 config.size, summary.rate);
+  std::fprintf(stderr, ", p50 %.1f us, p99 %.1f us", summary.p50, summary.p99);
+  if (summary.cpu_us >= 0) std::fprintf(stderr, ", server CPU %.2f us/msg", summary.cpu_us);
   else if (report.window.cpu >= 0) std::fprintf(stderr, ", server CPU: too little to measure in clock ticks");
-  if (bytes_per_idle >= 0) std::fprintf(stderr, ", server RSS +%ld KiB (%.0f B per idle connection)", rss_delta, bytes_per_idle);
+  if (summary.bytes_per_idle >= 0)
+    std::fprintf(stderr, ", server RSS +%ld KiB (%.0f B per idle connection)",
+                 report.rss_after_kib - report.rss_before_kib, summary.bytes_per_idle);
   std::fputc('\n', stderr);
 }
 
@@ -421,7 +447,8 @@ double number_of(const std::string& flag, const std::string& text, double low, d
   char* end = nullptr;
   double value = std::strtod(text.c_str(), &end);
   if (text.empty() || *end != '\0' || !(value >= low && value <= high))
-    usage_error(flag + ": '" + text + "' is not a number in " + std::to_string(low) + ".." + std::to_string(high));
+    usage_error(flag + ": '" + text + "' is not a number from " + std::to_string(low) + " to " +
+                std::to_string(high));
   return value;
 }
 
@@ -438,8 +465,8 @@ Config parse_config(int argc, char** argv) {
     if (flag == "--host") config.host = value;
     else if (flag == "--port") config.port = static_cast<int>(number_of(flag, value, 1, 65535));
     else if (flag == "--mode" && (value == "throughput" || value == "idle")) config.mode = value;
-    else if (flag == "--connections") config.connections = static_cast<int>(number_of(flag, value, 1, 100000));
-    else if (flag == "--idle") config.idle = static_cast<int>(number_of(flag, value, 0, 100000));
+    else if (flag == "--connections") config.connections = static_cast<int>(number_of(flag, value, 1, 1e5));
+    else if (flag == "--idle") config.idle = static_cast<int>(number_of(flag, value, 0, 1e5));
     else if (flag == "--rounds") config.rounds = static_cast<long>(number_of(flag, value, 1, 1e9));
     else if (flag == "--size") config.size = static_cast<size_t>(number_of(flag, value, 1, 1 << 24));
     else if (flag == "--warmup") config.warmup = number_of(flag, value, 0, 3600);
@@ -468,6 +495,8 @@ int main(int argc, char** argv) {
   Config config = parse_config(argc, argv);
   raise_fd_limit();
   Report report = config.mode == "idle" ? run_idle(config) : run_throughput(config);
-  print_report(config, report);
+  Summary summary = summarise(config, report);
+  print_json(config, report, summary);
+  print_human(config, report, summary);
   return 0;
 }
