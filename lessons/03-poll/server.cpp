@@ -1,5 +1,5 @@
-// Lesson 03: the same loop with poll(): a pollfd array that survives each call, and no FD_SETSIZE.
-// Still, every call hands the kernel the whole array, and the kernel checks every entry: O(n) per call.
+// Lesson 03: the same loop with poll(): a pollfd array that survives each call, no FD_SETSIZE.
+// Still, every call hands the kernel the whole array and the kernel checks every entry: O(n).
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -38,9 +38,10 @@ struct Table {
   std::vector<Conn> conns;
 };
 
-// Backpressure: a client whose echo is piling up is not read until it drains, so memory stays bounded.
+// Backpressure: a client whose echo piles up is not read until it drains, so memory stays bounded.
 bool wants_read(const Conn& conn) { return !conn.peer_done && !conn.out.over_high_water(); }
-// Only while output is pending: an idle socket is almost always writable, so asking would wake us at once.
+// Only while output is pending: an idle socket is nearly always writable, so asking would wake
+// every wait at once.
 bool wants_write(const Conn& conn) { return !conn.out.empty(); }
 // The client sent FIN and has everything back: time to close.
 bool finished(const Conn& conn) { return conn.peer_done && conn.out.empty(); }
@@ -76,7 +77,9 @@ bool on_readable(Conn& conn) {
 }
 
 // Sends what is queued. Returns false if the client is gone.
-bool on_writable(Conn& conn) { return conn.out.flush_to(conn.fd.get()) != OutputBuffer::Flush::kFailed; }
+bool on_writable(Conn& conn) {
+  return conn.out.flush_to(conn.fd.get()) != OutputBuffer::Flush::kFailed;
+}
 
 // Appends a new connection to both arrays, at the same index. Any fd number will do: a pollfd
 // holds the number itself, where an fd_set has a bit at that position.
@@ -88,7 +91,7 @@ void add_connection(Table& table, Fd client) {
 }
 
 // Closes the connection at index and moves the last entry into its place, in both arrays, so the
-// array stays without holes. The entry moved in has not been served yet: the caller looks at index again.
+// array stays without holes. The entry moved in has not been served yet: look at index again.
 void remove_connection(Table& table, size_t index) {
   // TODO(lesson 03): move the last entry of both arrays into index (unless index is the last), then
   // pop_back() both; moving a Conn over another closes the overwritten one's socket.
@@ -96,7 +99,7 @@ void remove_connection(Table& table, size_t index) {
   (void)index;
 }
 
-// Accepts every client waiting in the queue: one select() round per client would be wasteful.
+// Accepts every client waiting in the queue: one turn of the loop per client would be wasteful.
 void accept_clients(Acceptor& acceptor, Table& table) {
   for (;;) {
     Fd client;
@@ -128,11 +131,13 @@ void serve_ready(Table& table) {
   // POLLIN, then on_writable() if POLLOUT; remove_connection() if either failed or finished() (and
   // look at index i again), otherwise set pollfds[i].events = events_for(conn).
   (void)table;
-  (void)on_readable, (void)on_writable, (void)finished, (void)remove_connection;  // for you to call
+  (void)on_readable, (void)on_writable, (void)finished;  // given above, for you to call
+  (void)remove_connection;
   (void)events_for;
 }
 
-// The event loop: wait until some socket is ready, serve it, until a stop signal. Returns the exit code.
+// The event loop: waits for readiness and serves what is ready, until a stop signal. Returns the
+// exit code.
 int run(Acceptor& acceptor, const sigset_t* wait_mask) {
   Table table;
   table.pollfds.push_back({acceptor.listener(), POLLIN, 0});

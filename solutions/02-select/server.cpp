@@ -1,5 +1,5 @@
 // Lesson 02: one thread serves every client with select(): it asks the kernel which sockets are
-// ready and touches only those. The price: fd_sets rebuilt and copied on every call, and no fd >= FD_SETSIZE.
+// ready and touches only those, at the price of fd_sets copied every call and no fd >= FD_SETSIZE.
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -38,9 +38,10 @@ struct Table {
   std::vector<Conn> conns;
 };
 
-// Backpressure: a client whose echo is piling up is not read until it drains, so memory stays bounded.
+// Backpressure: a client whose echo piles up is not read until it drains, so memory stays bounded.
 bool wants_read(const Conn& conn) { return !conn.peer_done && !conn.out.over_high_water(); }
-// Only while output is pending: an idle socket is almost always writable, so asking would wake us at once.
+// Only while output is pending: an idle socket is nearly always writable, so asking would wake
+// every wait at once.
 bool wants_write(const Conn& conn) { return !conn.out.empty(); }
 // The client sent FIN and has everything back: time to close.
 bool finished(const Conn& conn) { return conn.peer_done && conn.out.empty(); }
@@ -76,28 +77,31 @@ bool on_readable(Conn& conn) {
 }
 
 // Sends what is queued. Returns false if the client is gone.
-bool on_writable(Conn& conn) { return conn.out.flush_to(conn.fd.get()) != OutputBuffer::Flush::kFailed; }
+bool on_writable(Conn& conn) {
+  return conn.out.flush_to(conn.fd.get()) != OutputBuffer::Flush::kFailed;
+}
 
 // Stores a new connection in its fd's slot. select() cannot watch an fd >= FD_SETSIZE: FD_SET would
 // write past the end of the fd_set. So such a client is turned away (closed at once: it sees EOF).
 void add_connection(Table& table, Fd client) {
   int fd = client.get();
   if (fd >= FD_SETSIZE) {
-    warn("fd %d is at or past select()'s limit FD_SETSIZE = %d: closing that connection", fd, FD_SETSIZE);
+    warn("fd %d is at or past select()'s limit FD_SETSIZE = %d: closing that connection", fd,
+         FD_SETSIZE);
     return;  // client's destructor closes the socket
   }
-  if (static_cast<size_t>(fd) >= table.conns.size()) table.conns.resize(static_cast<size_t>(fd) + 1);
+  if (static_cast<size_t>(fd) >= table.conns.size()) table.conns.resize(fd + 1);
   table.conns[fd].fd = std::move(client);
   chatter("client connected (fd %d)", fd);
 }
 
-// Closes the connection on fd and empties its slot (the Fd closes the socket, the buffer its memory).
+// Closes the connection on fd and empties its slot (the Fd closes the socket).
 void remove_connection(Table& table, int fd) {
   chatter("client closed (fd %d)", fd);
   table.conns[fd] = Conn{};
 }
 
-// Accepts every client waiting in the queue: one select() round per client would be wasteful.
+// Accepts every client waiting in the queue: one turn of the loop per client would be wasteful.
 void accept_clients(Acceptor& acceptor, Table& table) {
   for (;;) {
     Fd client;
@@ -114,7 +118,7 @@ void accept_clients(Acceptor& acceptor, Table& table) {
   }
 }
 
-// Puts each connection's fd in the sets for what it wants now; returns the highest fd put in (-1: none).
+// Puts each connection's fd in the sets for what it wants now; returns the highest one (-1: none).
 int watch_connections(const Table& table, fd_set* readable, fd_set* writable) {
   int max_fd = -1;
   for (int fd = 0; fd < static_cast<int>(table.conns.size()); ++fd) {
@@ -139,7 +143,8 @@ void serve_ready(Table& table, const fd_set& readable, const fd_set& writable) {
   }
 }
 
-// The event loop: wait until some socket is ready, serve it, until a stop signal. Returns the exit code.
+// The event loop: waits for readiness and serves what is ready, until a stop signal. Returns the
+// exit code.
 int run(Acceptor& acceptor, const sigset_t* wait_mask) {
   Table table;
   while (!stop_requested()) {
