@@ -1,12 +1,15 @@
 // Lesson 06's idle-timer list, driven by an injected clock: every test passes the time in, so
-// nothing sleeps and every deadline is exact to the nanosecond.
+// nothing sleeps and every deadline is exact to the nanosecond (all but the last test, which
+// shows against the kernel what wait_ms's rounding is for).
 #include <doctest/doctest.h>
+#include <sys/epoll.h>
 
 #include <chrono>
 #include <string>
 #include <vector>
 
 #include "06-idle-timeout/idle_timers.h"
+#include "fd.h"
 
 namespace {
 using namespace std::chrono_literals;
@@ -138,4 +141,30 @@ TEST_CASE("idle_timers_wait_ms_fits_the_longest_allowed_timeout_in_an_int") {
   Peer b{2};
   start(absurd, b, t0);
   CHECK_MESSAGE(absurd.wait_ms(t0) == INT_MAX, "a wait longer than INT_MAX ms is clamped, never negative");
+}
+
+TEST_CASE("idle_timers_wait_ms_lets_one_epoll_wait_reach_the_deadline") {
+  // The real clock and a real (empty) epoll instance, for ten deadlines 2.3 to 3.2 ms away, none on
+  // a whole millisecond. Rounded up, each takes one epoll_wait. Rounded down, the last fraction of
+  // a millisecond becomes a 0 ms wait that returns at once, again and again until the deadline:
+  // thousands of calls per deadline on the machine this was written on.
+  Fd epoll(::epoll_create1(EPOLL_CLOEXEC));
+  REQUIRE(epoll);
+  epoll_event events[1];
+  int rounds = 10, calls = 0, zero_waits = 0;
+  for (int round = 0; round < rounds; ++round) {
+    Timers timers(std::chrono::microseconds(2300 + 97 * round));
+    Peer peer{round};
+    start(timers, peer, Timers::Clock::now());
+    while (timers.first_due(Timers::Clock::now()) == nullptr && calls < 100000) {
+      int ms = timers.wait_ms(Timers::Clock::now());
+      if (ms < 0) FAIL("wait_ms said -1 (sleep until an event) with a timer pending");
+      zero_waits += ms == 0;
+      ++calls;
+      ::epoll_wait(epoll.get(), events, 1, ms);
+    }
+  }
+  CHECK_MESSAGE(zero_waits == 0, zero_waits << " waits of 0 ms before " << rounds
+                                            << " deadlines: a busy loop (is wait_ms rounding down?)");
+  CHECK_MESSAGE(calls <= 2 * rounds, calls << " epoll_wait calls for " << rounds << " deadlines; one each is enough");
 }
