@@ -1,0 +1,233 @@
+// Lesson 04: one thread serves every client with level-triggered epoll. The kernel keeps the list
+// of watched sockets, so each wait costs only the ready ones, and each event carries its Conn*.
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <list>
+
+#include "acceptor.h"
+#include "cli.h"
+#include "fd.h"
+#include "log.h"
+#include "net.h"
+#include "out_buffer.h"
+#include "signals.h"
+
+namespace {
+
+const ServerSpec kSpec{"Lesson 04: echo server serving many clients with level-triggered epoll.", 7004, {}};
+
+// One read per readiness report; 64 KiB keeps the syscalls per byte low for bulk senders.
+constexpr size_t kReadChunk = 64 * 1024;
+// Events taken per epoll_wait: the length of our array, never the number of connections. The
+// kernel fills at most this many; the other ready sockets stay ready for the next call.
+constexpr int kMaxEvents = 256;
+
+// Everything the server knows about one client. epoll hands its address back in data.ptr.
+struct Conn {
+  Fd fd;
+  OutputBuffer out;        // echo bytes the socket did not take yet
+  bool peer_done = false;  // read() returned 0: the client sends no more (it may still read)
+  uint32_t watching = 0;   // the events registered with epoll now, so epoll_ctl runs only on a change
+  std::list<Conn>::iterator self;  // where it sits in Table::conns, to unlink it in O(1)
+};
+
+// The epoll instance and the connections it watches. A list, because a Conn must never move
+// while epoll holds its address (a vector would move them all when it grows).
+struct Table {
+  Fd epoll;
+  std::list<Conn> conns;
+  std::list<Conn> closed;  // closed during this batch of events, freed once the batch is done
+};
+
+// Backpressure: a client whose echo is piling up is not read until it drains, so memory stays bounded.
+bool wants_read(const Conn& conn) { return !conn.peer_done && !conn.out.over_high_water(); }
+// Only while output is pending: an idle socket is almost always writable, so asking would wake us at once.
+bool wants_write(const Conn& conn) { return !conn.out.empty(); }
+// The client sent FIN and has everything back: time to close.
+bool finished(const Conn& conn) { return conn.peer_done && conn.out.empty(); }
+
+// Sends data at once if nothing is queued ahead of it, and keeps what the socket refuses.
+// Returns false if the client is gone (EPIPE, ECONNRESET).
+bool echo_back(Conn& conn, const char* data, size_t size) {
+  size_t sent = 0;
+  if (conn.out.empty()) {  // queued bytes must leave first, or the echo would come back reordered
+    long n = write_some(conn.fd.get(), data, size);
+    if (n < 0 && errno != EAGAIN) return false;
+    sent = n < 0 ? 0 : static_cast<size_t>(n);
+  }
+  conn.out.append(data + sent, size - sent);
+  return true;
+}
+
+// Reads what has arrived and echoes it. Returns false if the connection failed.
+bool on_readable(Conn& conn) {
+  char buffer[kReadChunk];
+  ssize_t n;
+  do n = ::read(conn.fd.get(), buffer, sizeof buffer);
+  while (n < 0 && errno == EINTR);
+  if (n > 0) return echo_back(conn, buffer, static_cast<size_t>(n));
+  if (n == 0) {
+    conn.peer_done = true;  // FIN: stop reading; close once everything owed is sent
+    return true;
+  }
+  int error = errno;
+  if (error == EAGAIN) return true;  // readiness is a hint, not a promise (see select(2), BUGS)
+  chatter("read fd %d: %s", conn.fd.get(), std::strerror(error));
+  return false;
+}
+
+// Sends what is queued. Returns false if the client is gone.
+bool on_writable(Conn& conn) { return conn.out.flush_to(conn.fd.get()) != OutputBuffer::Flush::kFailed; }
+
+// Registers conn with epoll, once for its whole life: readable, with its address as the cookie
+// every event will carry. Returns false if epoll_ctl failed (ENOMEM, or ENOSPC: max_user_watches).
+bool watch_connection(int epoll, Conn& conn) {
+  // TODO(lesson 04): epoll_ctl(EPOLL_CTL_ADD) conn.fd for EPOLLIN with data.ptr = &conn, set
+  // conn.watching to EPOLLIN, and return whether epoll_ctl succeeded.
+  (void)epoll;
+  (void)conn;
+  return {};
+}
+
+// Stores a new connection and registers it with epoll.
+void add_connection(Table& table, Fd client) {
+  Conn& conn = table.conns.emplace_front();
+  conn.self = table.conns.begin();
+  conn.fd = std::move(client);
+  if (!watch_connection(table.epoll.get(), conn)) {
+    warn("epoll_ctl(ADD) fd %d: %s; closing that connection", conn.fd.get(), std::strerror(errno));
+    table.conns.erase(conn.self);  // the Fd closes the socket; the client sees EOF
+    return;
+  }
+  chatter("client connected (fd %d)", conn.fd.get());
+}
+
+// Unregisters and closes the connection. Its memory lives on until the batch is done (see run).
+void remove_connection(Table& table, Conn& conn) {
+  chatter("client closed (fd %d)", conn.fd.get());
+  // DEL before close: close() alone removes the fd from epoll only when no other descriptor
+  // (dup, fork) refers to the same socket; otherwise events would keep coming for freed memory.
+  ::epoll_ctl(table.epoll.get(), EPOLL_CTL_DEL, conn.fd.get(), nullptr);
+  conn.fd.reset();
+  table.closed.splice(table.closed.end(), table.conns, conn.self);  // moves the node, not the Conn
+}
+
+// Accepts every client waiting in the queue: one epoll_wait per client would be wasteful.
+void accept_clients(Acceptor& acceptor, Table& table) {
+  for (;;) {
+    Fd client;
+    switch (acceptor.accept_one(&client)) {
+      case Acceptor::Result::kAccepted:
+        add_connection(table, std::move(client));
+        break;
+      case Acceptor::Result::kRejected:  // out of fds: that client was turned away; try the next
+      case Acceptor::Result::kRetry:
+        break;
+      case Acceptor::Result::kEmpty:
+        return;
+    }
+  }
+}
+
+// The events to ask epoll for on this connection, from what it wants now. Level-triggered like
+// poll(): an EPOLLOUT left armed on a socket with room would be reported by every epoll_wait.
+uint32_t events_for(const Conn& conn) {
+  // TODO(lesson 04): EPOLLIN if wants_read(conn), plus EPOLLOUT if wants_write(conn).
+  (void)conn;
+  (void)wants_read;  // (void) on the functions to call keeps -Werror quiet until you call them
+  (void)wants_write;
+  return {};
+}
+
+// Brings conn's registration in line with what it wants. A ping-pong message changes nothing,
+// so it costs no epoll_ctl; only backed-up output (arm EPOLLOUT), drained output (disarm it) and
+// backpressure (drop EPOLLIN) do. Returns false if epoll_ctl failed.
+bool update_events(int epoll, Conn& conn) {
+  // TODO(lesson 04): when events_for(conn) differs from conn.watching, epoll_ctl(EPOLL_CTL_MOD) to it
+  // (data.ptr = &conn again) and remember it in conn.watching; when equal, make no call at all.
+  (void)epoll;
+  (void)conn;
+  (void)events_for;
+  return {};
+}
+
+// Serves one connection epoll reported ready, and closes it if it failed or is finished; else
+// updates its events (only serving a connection changes what it wants).
+void serve_ready(Table& table, Conn& conn, uint32_t events) {
+  // EPOLLERR and EPOLLHUP come even unasked. Hand them to the read or write the connection wants,
+  // which meets the error and closes it; ignored, they would wake every epoll_wait at once, forever.
+  if (events & (EPOLLERR | EPOLLHUP)) events |= conn.watching;
+  bool ok = true;
+  if (events & EPOLLIN) ok = on_readable(conn);
+  if (ok && (events & EPOLLOUT)) ok = on_writable(conn);
+  if (!ok || finished(conn) || !update_events(table.epoll.get(), conn)) remove_connection(table, conn);
+}
+
+// Creates the epoll instance and registers the listener in it. The listener's data.ptr is null:
+// the one entry that is not a Conn.
+Fd create_epoll(int listener) {
+  Fd epoll(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll) die_setup("epoll_create1");
+  epoll_event event{};
+  event.events = EPOLLIN;
+  event.data.ptr = nullptr;
+  if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, listener, &event) < 0) die_setup("epoll_ctl(ADD listener)");
+  return epoll;
+}
+
+// Hands one event to its handler: the listener's (data.ptr null) to accept_clients, a Conn's to
+// serve_ready, unless that Conn was closed earlier in this batch. Returns true once it has.
+bool dispatch(Acceptor& acceptor, Table& table, const epoll_event& event) {
+  // TODO(lesson 04): cast event.data.ptr to Conn*: null means the listener (accept_clients), else
+  // serve_ready(table, *conn, event.events), but skip a Conn whose fd is closed (earlier in this batch).
+  (void)acceptor;
+  (void)table;
+  (void)event;
+  (void)accept_clients;
+  (void)serve_ready;
+  return {};
+}
+
+// The event loop: wait until some socket is ready, serve it, until a stop signal. Returns the exit code.
+int run(Acceptor& acceptor, Fd epoll, const sigset_t* wait_mask) {
+  Table table;
+  table.epoll = std::move(epoll);
+  epoll_event events[kMaxEvents];
+  while (!stop_requested()) {
+    // SIGINT/SIGTERM are blocked except inside epoll_pwait: one that arrived since the check above is
+    // still pending and interrupts the call at once, instead of waiting for the next client.
+    int ready = ::epoll_pwait(table.epoll.get(), events, kMaxEvents, -1, wait_mask);
+    if (ready < 0) {
+      if (errno == EINTR) continue;  // a signal: the loop condition decides
+      warn("epoll_pwait: %s", std::strerror(errno));
+      return 1;
+    }
+    for (int i = 0; i < ready; ++i) {
+      if (!dispatch(acceptor, table, events[i])) {
+        warn("dispatch() handled no event (is its TODO filled in?)");
+        return 1;
+      }
+    }
+    // Only now may closed connections be freed: until the batch is done, a later event could
+    // still hold the address of one closed earlier (see the lesson text).
+    table.closed.clear();
+  }
+  return 0;  // the table's destructor closes every connection
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options options = parse_or_exit(argc, argv, kSpec);
+  set_quiet(options.quiet);
+  install_signal_handlers();
+  const sigset_t* wait_mask = block_stop_signals();
+  Acceptor acceptor(listen_or_exit(options.host, options.port, /*nonblocking=*/true));
+  Fd epoll = create_epoll(acceptor.listener());
+  announce_listening(options.host, local_port(acceptor.listener()));
+  return run(acceptor, std::move(epoll), wait_mask);
+}

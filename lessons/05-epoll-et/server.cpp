@@ -1,0 +1,252 @@
+// Lesson 05: the epoll server made edge-triggered. Each socket is registered once and never
+// modified; an edge is announced once, so the server itself remembers what is left to read.
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <list>
+#include <vector>
+
+#include "acceptor.h"
+#include "cli.h"
+#include "fd.h"
+#include "log.h"
+#include "net.h"
+#include "out_buffer.h"
+#include "signals.h"
+
+namespace {
+
+const ServerSpec kSpec{"Lesson 05: echo server serving many clients with edge-triggered epoll.", 7005,
+                       {{"--et-read-once", LessonFlag::Kind::kSwitch,
+                         "DELIBERATELY BROKEN, for the stall demonstration: one read per edge", 0}}};
+
+// One read per readiness report; 64 KiB keeps the syscalls per byte low for bulk senders.
+constexpr size_t kReadChunk = 64 * 1024;
+// Events taken per epoll_wait: the length of our array, never the number of connections. The
+// kernel fills at most this many; the other ready sockets stay ready for the next call.
+constexpr int kMaxEvents = 256;
+// Fairness: reads one connection gets per turn. Draining a fast sender to EAGAIN could keep
+// everyone else waiting; past this bound it goes to the back of Table::ready.
+constexpr int kReadsPerTurn = 4;
+
+// Everything the server knows about one client. epoll hands its address back in data.ptr.
+struct Conn {
+  Fd fd;
+  OutputBuffer out;        // echo bytes the socket did not take yet
+  bool peer_done = false;  // read() returned 0: the client sends no more (it may still read)
+  // An edge said input is waiting and no read has found its end yet. Bytes already queued raise no
+  // new edge, so after a read stopped early (fairness, backpressure) this flag is all that says so.
+  bool readable = false;
+  // An event reported a FIN, urgent data or an error: a short read may stop in front of them,
+  // so from now on only 0 or EAGAIN proves the input drained (see on_readable).
+  bool read_to_eagain = false;
+  bool queued = false;  // on Table::ready
+  std::list<Conn>::iterator self;  // where it sits in Table::conns, to unlink it in O(1)
+};
+
+// The epoll instance and the connections it watches. A list, because a Conn must never move
+// while epoll holds its address (a vector would move them all when it grows).
+struct Table {
+  Fd epoll;
+  std::list<Conn> conns;
+  std::list<Conn> closed;  // closed during this batch of events, freed once the batch is done
+  std::vector<Conn*> ready;  // connections that stopped at the fairness bound, served next batch
+  bool read_once = false;    // --et-read-once: the deliberate bug of the stall demonstration
+};
+
+// Backpressure: a client whose echo is piling up is not read until it drains, so memory stays bounded.
+bool wants_read(const Conn& conn) { return !conn.peer_done && !conn.out.over_high_water(); }
+// EPOLLOUT comes with nearly every edge; it matters only while output is pending.
+bool wants_write(const Conn& conn) { return !conn.out.empty(); }
+// The client sent FIN and has everything back: time to close.
+bool finished(const Conn& conn) { return conn.peer_done && conn.out.empty(); }
+// Input may be waiting and backpressure allows reading it. Asked after every write too: that is
+// how reading resumes once output drains, with no new edge for the bytes that waited meanwhile.
+bool should_read(const Conn& conn) {
+  // TODO(lesson 05): true while input may be waiting (conn.readable) and wants_read(conn) allows it.
+  (void)conn;
+  (void)wants_read;  // (void) on the functions to call keeps -Werror quiet until you call them
+  return {};
+}
+
+// Sends data at once if nothing is queued ahead of it, and keeps what the socket refuses.
+// Returns false if the client is gone (EPIPE, ECONNRESET).
+bool echo_back(Conn& conn, const char* data, size_t size) {
+  size_t sent = 0;
+  if (conn.out.empty()) {  // queued bytes must leave first, or the echo would come back reordered
+    long n = write_some(conn.fd.get(), data, size);
+    if (n < 0 && errno != EAGAIN) return false;
+    sent = n < 0 ? 0 : static_cast<size_t>(n);
+  }
+  conn.out.append(data + sent, size - sent);
+  return true;
+}
+
+// Reads and echoes until the input is drained, or max_reads reads (fairness), or backpressure.
+// Edge-triggered: bytes left unread are not announced again, so conn.readable stays set until a
+// read proves the input drained. Returns false if the connection failed.
+bool on_readable(Conn& conn, int max_reads) {
+  // TODO(lesson 05): read() into a kReadChunk stack buffer and echo_back() each piece, at most max_reads
+  // times while should_read(conn). Clear conn.readable on EAGAIN, on 0 (and set conn.peer_done), and
+  // on a short read unless conn.read_to_eagain. Retry EINTR; return false on any other error.
+  (void)conn;
+  (void)max_reads;
+  (void)echo_back;
+  return {};
+}
+
+// Sends what is queued. Returns false if the client is gone.
+bool on_writable(Conn& conn) { return conn.out.flush_to(conn.fd.get()) != OutputBuffer::Flush::kFailed; }
+
+// Registers conn with epoll once for its whole life, for everything it will ever want, edge-
+// triggered: no epoll_ctl per message, nor per backpressure episode. EPOLLRDHUP reports the
+// peer's FIN and EPOLLPRI urgent data, both of which can hide behind a short read.
+// Returns false if epoll_ctl failed (ENOMEM, or ENOSPC: max_user_watches).
+bool watch_connection(int epoll, Conn& conn) {
+  // TODO(lesson 05): the connection's one epoll_ctl(EPOLL_CTL_ADD): EPOLLIN | EPOLLOUT | EPOLLRDHUP |
+  // EPOLLPRI | EPOLLET with data.ptr = &conn; return whether it succeeded.
+  (void)epoll;
+  (void)conn;
+  return {};
+}
+
+// Stores a new connection and registers it with epoll.
+void add_connection(Table& table, Fd client) {
+  Conn& conn = table.conns.emplace_front();
+  conn.self = table.conns.begin();
+  conn.fd = std::move(client);
+  if (!watch_connection(table.epoll.get(), conn)) {
+    warn("epoll_ctl(ADD) fd %d: %s; closing that connection", conn.fd.get(), std::strerror(errno));
+    table.conns.erase(conn.self);  // the Fd closes the socket; the client sees EOF
+    return;
+  }
+  chatter("client connected (fd %d)", conn.fd.get());
+}
+
+// Unregisters and closes the connection. Its memory lives on until the batch is done (see run).
+void remove_connection(Table& table, Conn& conn) {
+  chatter("client closed (fd %d)", conn.fd.get());
+  // DEL before close: close() alone removes the fd from epoll only when no other descriptor
+  // (dup, fork) refers to the same socket; otherwise events would keep coming for freed memory.
+  ::epoll_ctl(table.epoll.get(), EPOLL_CTL_DEL, conn.fd.get(), nullptr);
+  conn.fd.reset();
+  table.closed.splice(table.closed.end(), table.conns, conn.self);  // moves the node, not the Conn
+}
+
+// Accepts every client waiting in the queue. Edge-triggered, this is a must: clients left in the
+// queue raise no new edge, and would wait until yet another client connects.
+void accept_clients(Acceptor& acceptor, Table& table) {
+  for (;;) {
+    Fd client;
+    switch (acceptor.accept_one(&client)) {
+      case Acceptor::Result::kAccepted:
+        add_connection(table, std::move(client));
+        break;
+      case Acceptor::Result::kRejected:  // out of fds: that client was turned away; try the next
+      case Acceptor::Result::kRetry:
+        break;
+      case Acceptor::Result::kEmpty:
+        return;
+    }
+  }
+}
+
+// Serves one connection: an event epoll reported (events), or its turn from Table::ready (events
+// 0). Closes it if it failed or is finished; queues it again if it stopped at the fairness bound.
+void serve_ready(Table& table, Conn& conn, uint32_t events) {
+  // An edge is the only news there will be: write it down. EPOLLERR and EPOLLHUP come even
+  // unasked; the read or write they lead to meets the error and closes the connection.
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLPRI | EPOLLERR | EPOLLHUP)) conn.readable = true;
+  if (events & (EPOLLRDHUP | EPOLLPRI | EPOLLERR | EPOLLHUP)) conn.read_to_eagain = true;
+  bool ok = true;
+  if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && wants_write(conn)) ok = on_writable(conn);
+  if (ok && should_read(conn)) ok = on_readable(conn, table.read_once ? 1 : kReadsPerTurn);
+  if (table.read_once) conn.readable = false;  // the deliberate bug: forget what is left unread
+  if (!ok || finished(conn)) {
+    remove_connection(table, conn);
+  } else if (should_read(conn) && !conn.queued) {
+    conn.queued = true;
+    table.ready.push_back(&conn);
+  }
+}
+
+// Creates the epoll instance and registers the listener in it, edge-triggered like the rest. The
+// listener's data.ptr is null: the one entry that is not a Conn.
+Fd create_epoll(int listener) {
+  Fd epoll(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll) die_setup("epoll_create1");
+  epoll_event event{};
+  event.events = EPOLLIN | EPOLLET;
+  event.data.ptr = nullptr;
+  if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, listener, &event) < 0) die_setup("epoll_ctl(ADD listener)");
+  return epoll;
+}
+
+// Hands one event to its handler: the listener's (data.ptr null) to accept_clients, a Conn's to
+// serve_ready, unless that Conn was closed earlier in this batch. Returns true once it has.
+bool dispatch(Acceptor& acceptor, Table& table, const epoll_event& event) {
+  auto* conn = static_cast<Conn*>(event.data.ptr);
+  if (conn == nullptr) accept_clients(acceptor, table);
+  else if (conn->fd) serve_ready(table, *conn, event.events);
+  return true;
+}
+
+// Gives each connection queued at the fairness bound one more turn, in the order they queued.
+// Those that stop at the bound again queue for the next batch, behind the new events.
+void serve_queued(Table& table, std::vector<Conn*>& turns) {
+  turns.swap(table.ready);
+  for (Conn* conn : turns) {
+    conn->queued = false;
+    if (conn->fd) serve_ready(table, *conn, 0);  // skip one an event closed in this batch
+  }
+  turns.clear();
+}
+
+// The event loop: wait until some socket is ready, serve it, until a stop signal. Returns the exit code.
+int run(Acceptor& acceptor, Fd epoll, bool read_once, const sigset_t* wait_mask) {
+  Table table;
+  table.epoll = std::move(epoll);
+  table.read_once = read_once;
+  epoll_event events[kMaxEvents];
+  std::vector<Conn*> turns;
+  while (!stop_requested()) {
+    // Queued connections hold input no edge will announce again: while there are any, only look
+    // for new events (timeout 0), never sleep.
+    int timeout = table.ready.empty() ? -1 : 0;
+    // SIGINT/SIGTERM are blocked except inside epoll_pwait: one that arrived since the check above is
+    // still pending and interrupts the call at once, instead of waiting for the next client.
+    int ready = ::epoll_pwait(table.epoll.get(), events, kMaxEvents, timeout, wait_mask);
+    if (ready < 0) {
+      if (errno == EINTR) continue;  // a signal: the loop condition decides
+      warn("epoll_pwait: %s", std::strerror(errno));
+      return 1;
+    }
+    for (int i = 0; i < ready; ++i) {
+      if (!dispatch(acceptor, table, events[i])) {
+        warn("dispatch() handled no event (is its TODO filled in?)");
+        return 1;
+      }
+    }
+    serve_queued(table, turns);
+    // Only now may closed connections be freed: until the batch is done, a later event or the
+    // ready list could still hold the address of one closed earlier (see the lesson text).
+    table.closed.clear();
+  }
+  return 0;  // the table's destructor closes every connection
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options options = parse_or_exit(argc, argv, kSpec);
+  set_quiet(options.quiet);
+  install_signal_handlers();
+  const sigset_t* wait_mask = block_stop_signals();
+  Acceptor acceptor(listen_or_exit(options.host, options.port, /*nonblocking=*/true));
+  Fd epoll = create_epoll(acceptor.listener());
+  announce_listening(options.host, local_port(acceptor.listener()));
+  return run(acceptor, std::move(epoll), options.switches["--et-read-once"], wait_mask);
+}

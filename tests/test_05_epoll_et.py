@@ -1,0 +1,148 @@
+"""Lesson 05: edge-triggered epoll announces each arrival once. The server must drain what an edge
+announced, and remember what it left (fairness bound, backpressure). A server that reads once per
+edge stalls, and the bytes it left are not lost, only not announced again.
+
+Several tests stop the server (SIGSTOP) while the client sends, so that everything is already in
+the server's receive queue when it wakes: one edge for all of it, as on a busy server."""
+
+import random
+import select
+import socket
+
+import pytest
+
+from clients.echo_client import (connect, echo_stream, recv_exactly, recv_until_eof, round_trip,
+                                 send_until_stalled)
+from clients.syscall_count import StraceUnavailable, count_syscalls, ping_pong, reads_made_by
+from clients.tcp_queues import recv_until_quiet, send_while_paused, server_side_unread
+from conftest import binary_path
+
+LESSONS = ["05"]
+
+READ_CHUNK = 64 << 10  # the server's read size (kReadChunk)
+READS_PER_TURN = 4     # its fairness bound (kReadsPerTurn)
+QUIET = 0.5            # silence long enough to call it a stall: a served echo takes well under 1 ms
+ROUND_TRIPS = 1000
+SLACK = 10  # set-up and tear-down calls around the round trips (loader, EOF read, ADD, DEL)
+
+
+def send_all_before_it_wakes(server, sock, *sends, shutdown=False):
+    """Sends while the server is stopped and checks that its kernel holds every byte before it wakes."""
+    if not send_while_paused(server.pid, sock, *sends, shutdown=shutdown):
+        pytest.fail("the bytes did not all fit in the server's receive window while it was stopped, so "
+                    "this test cannot show what it means to (the window is smaller on this kernel)")
+
+
+def test_reading_once_per_edge_leaves_a_burst_unread_until_the_next_edge(start_server, lesson):
+    server = start_server(lesson, "--quiet", "--et-read-once")  # deliberately broken
+    burst = random.Random(11).randbytes(READ_CHUNK + 16 * 1024)  # one read and a quarter
+    with connect(*server.address) as sock:
+        assert round_trip(sock, b"hello") == b"hello"
+        send_all_before_it_wakes(server, sock, burst)
+        echoed = recv_until_quiet(sock, QUIET)
+        assert len(echoed) < len(burst), (
+            "with --et-read-once the server reads once per edge, so of a burst larger than one read "
+            "only the first read should come back; all of it did (has the flag stopped working?)")
+        unread = server_side_unread(server.port, sock)
+        assert unread == len(burst) - len(echoed), (
+            f"{len(echoed)} of {len(burst)} bytes came back; the other {len(burst) - len(echoed)} should "
+            f"sit in the server's receive queue (Recv-Q in `ss -tn`), but it holds {unread}")
+        # Not lost, only not announced: one more byte is a new edge, and the next read takes the rest.
+        sock.sendall(b"!")
+        echoed += recv_until_quiet(sock, QUIET)
+    assert echoed == burst + b"!", (
+        f"after one more byte (a new edge) the rest of the burst and that byte should come back in "
+        f"order; got {len(echoed)} of {len(burst) + 1} bytes")
+
+
+def test_a_burst_larger_than_one_turn_comes_back_whole_with_no_further_edge(server):
+    with connect(*server.address, timeout=5) as sock:
+        # A few MiB first let the kernel grow this connection's receive window well past one turn.
+        warm_up = random.Random(12).randbytes(8 << 20)
+        assert echo_stream(sock, warm_up, largest_chunk=1 << 20) == warm_up
+        burst = random.Random(13).randbytes(READS_PER_TURN * READ_CHUNK * 3 // 2)  # a turn and a half
+        send_all_before_it_wakes(server, sock, burst)
+        echoed = recv_until_quiet(sock, QUIET)
+    assert echoed == burst, (
+        f"{len(burst)} bytes were in the server's receive queue when one edge woke it, and nothing more "
+        f"arrived; {len(echoed)} came back. Read until the input is drained, and when the fairness bound "
+        f"stops a connection first, queue it and serve it again without waiting for an edge")
+
+
+def test_data_and_fin_arriving_together_are_both_seen(server):
+    with connect(*server.address, timeout=5) as sock:
+        assert round_trip(sock, b"hello") == b"hello"
+        send_all_before_it_wakes(server, sock, b"last words", shutdown=True)  # data and FIN, one edge
+        try:
+            echoed = recv_until_eof(sock)
+        except socket.timeout:
+            pytest.fail("the client sent data and its FIN together and waited for the echo and EOF; no EOF "
+                        "came. A short read took the data, but the FIN behind it raises no new edge: "
+                        "after EPOLLRDHUP, read until read() returns 0")
+    assert echoed == b"last words", f"the echo before EOF should be b'last words', not {echoed!r}"
+
+
+def test_urgent_data_does_not_stall_the_bytes_behind_it(server):
+    with connect(*server.address, timeout=2) as sock:
+        assert round_trip(sock, b"hello") == b"hello"
+        # TCP urgent data: the read before the urgent byte stops short, with more behind it.
+        send_all_before_it_wakes(server, sock, b"before ", (b"!", socket.MSG_OOB), b"after")
+        try:
+            echoed = recv_exactly(sock, len(b"before after"))
+        except AssertionError as error:
+            pytest.fail(f"{error}. The first read stopped at the urgent byte, short, with 'after' behind "
+                        f"it and no new edge to come: after EPOLLPRI, read until EAGAIN")
+    assert echoed == b"before after", f"the in-band bytes should come back as b'before after', not {echoed!r}"
+
+
+def test_epoll_ctl_mod_reports_unread_data_again_which_hides_the_bug(lesson):
+    """The kernel alone, no server: why a read-once server that re-arms with EPOLL_CTL_MOD after
+    every read seems to work (FACTS.md claim 1)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        with socket.create_connection(listener.getsockname(), timeout=2) as sender:
+            receiver, _ = listener.accept()
+            with receiver, select.epoll() as epoll:
+                epoll.register(receiver, select.EPOLLIN | select.EPOLLET)
+                sender.sendall(b"x" * 3000)
+                assert epoll.poll(2) == [(receiver.fileno(), select.EPOLLIN)], "3000 bytes arrived: one edge"
+                assert len(receiver.recv(1000)) == 1000
+                assert epoll.poll(0) == [], (
+                    "edge-triggered, nothing new arrived: no event, though 2000 bytes wait unread")
+                epoll.modify(receiver, select.EPOLLIN | select.EPOLLET)
+                assert epoll.poll(0) == [(receiver.fileno(), select.EPOLLIN)], (
+                    "EPOLL_CTL_MOD polls the socket at once and finds the unread bytes: a server that MODs "
+                    "after every read never sees the stall, and pays an epoll_ctl per read for it")
+                assert len(receiver.recv(4096)) == 2000, "the bytes were there all along"
+
+
+def test_a_ping_pong_message_costs_one_read(server):
+    with connect(*server.address) as sock:
+        assert round_trip(sock, b"warm up") == b"warm up"
+        before = reads_made_by(server.pid)
+        for index in range(ROUND_TRIPS):
+            assert round_trip(sock, b"%064d" % index) == b"%064d" % index
+        reads = reads_made_by(server.pid) - before
+    assert reads <= ROUND_TRIPS + SLACK, (
+        f"{ROUND_TRIPS} round trips cost the server {reads} read() calls. A short read of a TCP socket "
+        f"took all the data queued, and whatever arrives later raises a new edge: the extra read that "
+        f"returns EAGAIN is only needed once EPOLLRDHUP or EPOLLPRI was reported")
+
+
+def test_registration_is_never_modified_not_even_for_backpressure(pytestconfig, lesson):
+    def ping_pong_then_backpressure(address):
+        ping_pong(ROUND_TRIPS)(address)
+        data = random.Random(14).randbytes(16 << 20)
+        with connect(*address, timeout=10) as sock:
+            sent = send_until_stalled(sock, data)  # the server stops reading: backpressure
+            assert recv_exactly(sock, sent) == data[:sent], "after backpressure every byte should come back"
+
+    try:
+        counts, code = count_syscalls(binary_path(pytestconfig, lesson), ping_pong_then_backpressure)
+    except StraceUnavailable as reason:
+        pytest.skip(str(reason))
+    assert code == 0, f"the server under strace should exit 0 after SIGTERM, not {code}"
+    calls = counts.get("epoll_ctl", 0)
+    assert calls <= 5, (
+        f"two connections (one ping-pong, one pushed into backpressure) cost {calls} epoll_ctl calls; ADD the "
+        f"listener once and each connection once with EPOLLIN | EPOLLOUT | EPOLLET, DEL each once: "
+        f"edge-triggered, nothing ever needs EPOLL_CTL_MOD")
