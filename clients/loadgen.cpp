@@ -90,6 +90,25 @@ double server_cpu_seconds(int pid) {
   return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
+// This process's CPU time (user + system), in microsecond resolution.
+double own_cpu_seconds() {
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) { return static_cast<double>(t.tv_sec) + 1e-6 * t.tv_usec; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
+// CPU time the whole machine spent busy (all CPUs, from /proc/stat): what is left after the
+// server's and our own share is other processes' work, which disturbs the measurement.
+double machine_busy_seconds() {
+  std::ifstream file("/proc/stat");
+  std::string cpu;
+  unsigned long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
+  file >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal;
+  unsigned long long busy = user + nice + system + irq + softirq + steal;
+  return static_cast<double>(busy) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
 // The server's resident memory in KiB (VmRSS), or -1.
 long server_rss_kib(int pid) {
   if (pid <= 0) return -1;
@@ -103,17 +122,24 @@ long server_rss_kib(int pid) {
 constexpr double kMinCpuSeconds = 0.1;
 
 // A measured window: wall time and the server's CPU time between start() and stop().
+// Our own CPU time is measured too: if we use our whole core, the rate is ours, not the server's.
 struct Window {
   int pid = 0;
   Clock::time_point started;
   double wall = 0, cpu_start = -1, cpu = -1;
+  double own_cpu_start = 0, own_cpu = 0;
+  double machine_start = 0, machine = 0;
 
   void start() {
     cpu_start = server_cpu_seconds(pid);
+    own_cpu_start = own_cpu_seconds();
+    machine_start = machine_busy_seconds();
     started = Clock::now();
   }
   void stop() {
     wall = seconds_since(started);
+    machine = machine_busy_seconds() - machine_start;
+    own_cpu = own_cpu_seconds() - own_cpu_start;
     double cpu_end = server_cpu_seconds(pid);
     cpu = (cpu_start < 0 || cpu_end < 0) ? -1 : cpu_end - cpu_start;
   }
@@ -385,6 +411,8 @@ struct Summary {
   double rate, p50, p99;
   double cpu_us = -1;          // server CPU per message, or -1 if not measurable
   double bytes_per_idle = -1;  // idle mode: server RSS growth per idle connection
+  double server_busy = -1, client_busy = 0;  // CPU seconds per second of the window: 1 is a full core
+  double others_busy = -1;                    // every other process together, in cores
 };
 
 Summary summarise(const Config& config, const Report& report) {
@@ -393,6 +421,12 @@ Summary summarise(const Config& config, const Report& report) {
   summary.rate = report.window.wall > 0 ? messages / report.window.wall : 0;
   summary.p50 = percentile(report.latencies_us, 0.50);
   summary.p99 = percentile(report.latencies_us, 0.99);
+  if (report.window.wall > 0) {
+    summary.client_busy = report.window.own_cpu / report.window.wall;
+    if (report.window.cpu >= 0) summary.server_busy = report.window.cpu / report.window.wall;
+    double others = report.window.machine - report.window.cpu - report.window.own_cpu;
+    if (report.window.cpu >= 0) summary.others_busy = others / report.window.wall;
+  }
   if (report.window.cpu >= kMinCpuSeconds && report.messages > 0)
     summary.cpu_us = report.window.cpu * 1e6 / messages;
   long rss_growth_kib = report.rss_after_kib - report.rss_before_kib;
@@ -406,11 +440,13 @@ void print_json(const Config& config, const Report& report, const Summary& summa
   std::printf("{\"mode\": \"%s\", \"connections\": %d, \"idle\": %d, \"size\": %zu, \"window_s\": %.4f, "
               "\"messages\": %ld, \"total_messages\": %llu, \"msgs_per_s\": %.1f, \"p50_us\": %.2f, "
               "\"p99_us\": %.2f, \"server_cpu_s\": %.3f, \"cpu_us_per_msg\": %.3f, \"rss_before_kib\": %ld, "
-              "\"rss_after_kib\": %ld, \"bytes_per_idle_conn\": %.1f}\n",
+              "\"rss_after_kib\": %ld, \"bytes_per_idle_conn\": %.1f, \"server_busy\": %.3f, "
+              "\"client_busy\": %.3f, \"others_busy\": %.3f}\n",
               config.mode.c_str(), idle ? 1 : config.connections, idle ? config.idle : 0, config.size,
               report.window.wall, report.messages, static_cast<unsigned long long>(report.total_messages),
               summary.rate, summary.p50, summary.p99, report.window.cpu, summary.cpu_us, report.rss_before_kib,
-              report.rss_after_kib, summary.bytes_per_idle);
+              report.rss_after_kib, summary.bytes_per_idle, summary.server_busy, summary.client_busy,
+              summary.others_busy);
   std::fflush(stdout);
 }
 
@@ -427,6 +463,9 @@ void print_human(const Config& config, const Report& report, const Summary& summ
   if (summary.bytes_per_idle >= 0)
     std::fprintf(stderr, ", server RSS +%ld KiB (%.0f B per idle connection)",
                  report.rss_after_kib - report.rss_before_kib, summary.bytes_per_idle);
+  if (summary.server_busy >= 0)
+    std::fprintf(stderr, "; busy: server %.0f%%, loadgen %.0f%%, others %.0f%% of a core",
+                 summary.server_busy * 100, summary.client_busy * 100, summary.others_busy * 100);
   std::fputc('\n', stderr);
 }
 
