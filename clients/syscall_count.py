@@ -56,8 +56,10 @@ def count_syscalls(binary, workload, args=("--quiet",)):
     Returns ({syscall: calls} over the server's whole life, the server's exit code)."""
     with tempfile.NamedTemporaryFile(mode="r", suffix=".strace") as summary:
         try:
+            # LeakSanitizer cannot work under ptrace and would fail a SAN=1 build's exit code.
+            env = {**os.environ, "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":detect_leaks=0"}
             tracer = subprocess.Popen(["strace", "-f", "-c", "-o", summary.name, str(binary), "--port", "0", *args],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         except FileNotFoundError:
             raise StraceUnavailable("strace is not installed (`make deps` installs it)") from None
         try:

@@ -1,18 +1,28 @@
+#!/usr/bin/env python3
 """What the kernel holds in a TCP connection's queues, the Send-Q and Recv-Q columns of `ss -tn`:
 bytes a sender has not had acknowledged yet, and bytes a receiver has not read yet. Lesson 05's
 tests use them to show where the bytes an edge-triggered server left unread actually are.
 
-From tests: from clients.tcp_queues import paused, unacknowledged_bytes, unread_bytes, recv_until_quiet
+By hand, the edge-triggered stall (lesson 05):
+    build/solutions/05/server --et-read-once &
+    clients/tcp_queues.py --port 7005 --pid $!
+From tests: from clients.tcp_queues import paused, send_while_paused, server_side_unread, recv_until_quiet
 """
 
+import argparse
 import array
 import contextlib
 import fcntl
 import os
+import pathlib
 import signal
 import socket
+import sys
 import termios
 import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from clients.echo_client import connect, round_trip  # noqa: E402
 
 
 def unacknowledged_bytes(sock):
@@ -97,3 +107,34 @@ def send_while_paused(pid, sock, *sends, shutdown=False, timeout=2.0):
         while unacknowledged_bytes(sock) and time.monotonic() < deadline:
             time.sleep(0.005)  # another process's kernel state: polled, there is nothing to wait on
         return unacknowledged_bytes(sock) == 0
+
+
+def demonstrate_stall(host, port, pid, size, quiet=0.5):
+    """Sends size bytes while server pid is stopped, then reports what came back, what the server
+    left in its receive queue, and what one more byte (a new edge) releases."""
+    with connect(host, port) as sock:
+        round_trip(sock, b"hello")
+        if not send_while_paused(pid, sock, os.urandom(size)):
+            sys.exit("the burst did not fit in the server's receive window; try a smaller --size")
+        echoed = len(recv_until_quiet(sock, quiet))
+        print(f"sent {size} bytes while the server was stopped: {echoed} came back, then nothing for {quiet} s")
+        print(f"the server's receive queue (Recv-Q of `ss -tn 'sport = :{port}'`) holds "
+              f"{server_side_unread(port, sock)} bytes")
+        sock.sendall(b"!")
+        more = len(recv_until_quiet(sock, quiet))
+        print(f"sent 1 more byte (a new edge): {more} more came back; "
+              f"Recv-Q now {server_side_unread(port, sock)} bytes")
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Shows the edge-triggered stall of a server that reads once per edge.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7005)
+    parser.add_argument("--pid", type=int, required=True, help="the server's process id (it is stopped for a moment)")
+    parser.add_argument("--size", type=int, default=80 * 1024, help="burst size (default: one 64 KiB read and a quarter)")
+    args = parser.parse_args()
+    demonstrate_stall(args.host, args.port, args.pid, args.size)
+
+
+if __name__ == "__main__":
+    main()
