@@ -23,7 +23,7 @@ namespace {
 
 const ServerSpec kSpec{"Lesson 06: edge-triggered epoll echo server that closes idle connections.", 7006,
                        {{"--idle-timeout", LessonFlag::Kind::kPositiveNumber,
-                         "close a connection that moves no bytes for this long (default 60, fractions allowed)", 60}}};
+                         "close a connection that moves no bytes this long (default 60; fractions ok)", 60}}};
 
 // One read per readiness report; 64 KiB keeps the syscalls per byte low for bulk senders.
 constexpr size_t kReadChunk = 64 * 1024;
@@ -211,7 +211,8 @@ bool Connection::echo_back(const char* data, size_t size) {
 void Connection::note_activity() { reactor_.timers().refresh(timer_, Timers::Clock::now()); }
 
 void Connection::on_timeout() {
-  chatter("fd %d: idle for %.3f s", fd_.get(), std::chrono::duration<double>(reactor_.timers().timeout()).count());
+  double seconds = std::chrono::duration<double>(reactor_.timers().timeout()).count();
+  chatter("fd %d: idle for %.3f s", fd_.get(), seconds);
   close("idle timeout");
 }
 

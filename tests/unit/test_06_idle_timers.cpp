@@ -49,7 +49,7 @@ TEST_CASE("idle_timers_expire_in_deadline_order_and_not_before_the_deadline") {
   start(timers, a, t0);
   start(timers, b, t0 + 1s);
   start(timers, c, t0 + 2s);
-  CHECK_MESSAGE(timers.first_due(t0 + 10s - 1ns) == nullptr, "nothing is due one nanosecond before the first deadline");
+  CHECK_MESSAGE(timers.first_due(t0 + 10s - 1ns) == nullptr, "nothing is due 1 ns before the first deadline");
   CHECK(expire_due(timers, t0 + 10s) == std::vector<int>{1});  // deadline == now counts as due
   CHECK(expire_due(timers, t0 + 12s) == std::vector<int>{2, 3});
   CHECK(timers.empty());
@@ -89,7 +89,7 @@ TEST_CASE("idle_timers_cancel_removes_a_closed_owner_for_good") {
   timers.cancel(b.timer);  // b's connection closed before its deadline
   CHECK(timers.size() == 2);
   CHECK(expire_due(timers, t0 + 1h) == std::vector<int>{1, 3});
-  CHECK_MESSAGE(timers.wait_ms(t0 + 1h) == -1, "with no timers left, epoll_wait should sleep until an event (-1)");
+  CHECK_MESSAGE(timers.wait_ms(t0 + 1h) == -1, "no timers left: epoll_wait should sleep until an event (-1)");
 }
 
 TEST_CASE("idle_timers_many_equal_deadlines_all_expire_together_in_arrival_order") {
@@ -166,5 +166,5 @@ TEST_CASE("idle_timers_wait_ms_lets_one_epoll_wait_reach_the_deadline") {
   }
   CHECK_MESSAGE(zero_waits == 0, zero_waits << " waits of 0 ms before " << rounds
                                             << " deadlines: a busy loop (is wait_ms rounding down?)");
-  CHECK_MESSAGE(calls <= 2 * rounds, calls << " epoll_wait calls for " << rounds << " deadlines; one each is enough");
+  CHECK_MESSAGE(calls <= 2 * rounds, calls << " epoll_wait calls for " << rounds << " deadlines; one each will do");
 }
