@@ -19,9 +19,11 @@
 
 namespace {
 
-const ServerSpec kSpec{"Lesson 05: echo server serving many clients with edge-triggered epoll.", 7005,
+const ServerSpec kSpec{"Lesson 05: echo server serving many clients with edge-triggered epoll.",
+                       7005,
                        {{"--et-read-once", LessonFlag::Kind::kSwitch,
-                         "DELIBERATELY BROKEN, for the stall demonstration: one read per edge", 0}}};
+                         "DELIBERATELY BROKEN, for the stall demonstration: one read per edge",
+                         0}}};
 
 // One read per readiness report; 64 KiB keeps the syscalls per byte low for bulk senders.
 constexpr size_t kReadChunk = 64 * 1024;
@@ -57,7 +59,7 @@ struct Table {
   bool read_once = false;    // --et-read-once: the deliberate bug of the stall demonstration
 };
 
-// Backpressure: a client whose echo is piling up is not read until it drains, so memory stays bounded.
+// Backpressure: a client whose echo piles up is not read until it drains, so memory stays bounded.
 bool wants_read(const Conn& conn) { return !conn.peer_done && !conn.out.over_high_water(); }
 // EPOLLOUT comes with nearly every edge; it matters only while output is pending.
 bool wants_write(const Conn& conn) { return !conn.out.empty(); }
@@ -66,7 +68,7 @@ bool finished(const Conn& conn) { return conn.peer_done && conn.out.empty(); }
 // Input may be waiting and backpressure allows reading it. Asked after every write too: that is
 // how reading resumes once output drains, with no new edge for the bytes that waited meanwhile.
 bool should_read(const Conn& conn) {
-  // TODO(lesson 05): true while input may be waiting (conn.readable) and wants_read(conn) allows it.
+  // TODO(lesson 05): true while input may wait (conn.readable) and wants_read(conn) allows it.
   (void)conn;
   (void)wants_read;  // (void) on the functions to call keeps -Werror quiet until you call them
   return {};
@@ -89,9 +91,10 @@ bool echo_back(Conn& conn, const char* data, size_t size) {
 // Edge-triggered: bytes left unread are not announced again, so conn.readable stays set until a
 // read proves the input drained. Returns false if the connection failed.
 bool on_readable(Conn& conn, int max_reads) {
-  // TODO(lesson 05): read() into a kReadChunk stack buffer and echo_back() each piece, at most max_reads
-  // times while should_read(conn). Clear conn.readable on EAGAIN, on 0 (and set conn.peer_done), and
-  // on a short read unless conn.read_to_eagain. Retry EINTR; return false on any other error.
+  // TODO(lesson 05): read() into a kReadChunk stack buffer and echo_back() each piece, at most
+  // max_reads times while should_read(conn). Clear conn.readable on EAGAIN, on 0 (and set
+  // conn.peer_done), and on a short read unless conn.read_to_eagain. Retry EINTR; return false
+  // on any other error.
   (void)conn;
   (void)max_reads;
   (void)echo_back;
@@ -99,15 +102,17 @@ bool on_readable(Conn& conn, int max_reads) {
 }
 
 // Sends what is queued. Returns false if the client is gone.
-bool on_writable(Conn& conn) { return conn.out.flush_to(conn.fd.get()) != OutputBuffer::Flush::kFailed; }
+bool on_writable(Conn& conn) {
+  return conn.out.flush_to(conn.fd.get()) != OutputBuffer::Flush::kFailed;
+}
 
 // Registers conn with epoll once for its whole life, for everything it will ever want, edge-
 // triggered: no epoll_ctl per message, nor per backpressure episode. EPOLLRDHUP reports the
 // peer's FIN and EPOLLPRI urgent data, both of which can hide behind a short read.
 // Returns false if epoll_ctl failed (ENOMEM, or ENOSPC: max_user_watches).
 bool watch_connection(int epoll, Conn& conn) {
-  // TODO(lesson 05): the connection's one epoll_ctl(EPOLL_CTL_ADD): EPOLLIN | EPOLLOUT | EPOLLRDHUP |
-  // EPOLLPRI | EPOLLET with data.ptr = &conn; return whether it succeeded.
+  // TODO(lesson 05): the connection's one epoll_ctl(EPOLL_CTL_ADD): EPOLLIN | EPOLLOUT |
+  // EPOLLRDHUP | EPOLLPRI | EPOLLET with data.ptr = &conn; return whether it succeeded.
   (void)epoll;
   (void)conn;
   return {};
@@ -181,7 +186,9 @@ Fd create_epoll(int listener) {
   epoll_event event{};
   event.events = EPOLLIN | EPOLLET;
   event.data.ptr = nullptr;
-  if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, listener, &event) < 0) die_setup("epoll_ctl(ADD listener)");
+  if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, listener, &event) < 0) {
+    die_setup("epoll_ctl(ADD listener)");
+  }
   return epoll;
 }
 
@@ -205,7 +212,8 @@ void serve_queued(Table& table, std::vector<Conn*>& turns) {
   turns.clear();
 }
 
-// The event loop: wait until some socket is ready, serve it, until a stop signal. Returns the exit code.
+// The event loop: waits for readiness and serves what is ready, until a stop signal. Returns the
+// exit code.
 int run(Acceptor& acceptor, Fd epoll, bool read_once, const sigset_t* wait_mask) {
   Table table;
   table.epoll = std::move(epoll);
@@ -216,8 +224,8 @@ int run(Acceptor& acceptor, Fd epoll, bool read_once, const sigset_t* wait_mask)
     // Queued connections hold input no edge will announce again: while there are any, only look
     // for new events (timeout 0), never sleep.
     int timeout = table.ready.empty() ? -1 : 0;
-    // SIGINT/SIGTERM are blocked except inside epoll_pwait: one that arrived since the check above is
-    // still pending and interrupts the call at once, instead of waiting for the next client.
+    // SIGINT/SIGTERM are blocked except inside epoll_pwait: one that arrived since the check above
+    // is still pending and interrupts the call at once, instead of waiting for the next client.
     int ready = ::epoll_pwait(table.epoll.get(), events, kMaxEvents, timeout, wait_mask);
     if (ready < 0) {
       if (errno == EINTR) continue;  // a signal: the loop condition decides

@@ -18,7 +18,8 @@
 
 namespace {
 
-const ServerSpec kSpec{"Lesson 04: echo server serving many clients with level-triggered epoll.", 7004, {}};
+const ServerSpec kSpec{"Lesson 04: echo server serving many clients with level-triggered epoll.",
+                       7004, {}};
 
 // One read per readiness report; 64 KiB keeps the syscalls per byte low for bulk senders.
 constexpr size_t kReadChunk = 64 * 1024;
@@ -31,7 +32,7 @@ struct Conn {
   Fd fd;
   OutputBuffer out;        // echo bytes the socket did not take yet
   bool peer_done = false;  // read() returned 0: the client sends no more (it may still read)
-  uint32_t watching = 0;   // the events registered with epoll now, so epoll_ctl runs only on a change
+  uint32_t watching = 0;   // the events registered with epoll now: epoll_ctl only on a change
   std::list<Conn>::iterator self;  // where it sits in Table::conns, to unlink it in O(1)
 };
 
@@ -43,9 +44,10 @@ struct Table {
   std::list<Conn> closed;  // closed during this batch of events, freed once the batch is done
 };
 
-// Backpressure: a client whose echo is piling up is not read until it drains, so memory stays bounded.
+// Backpressure: a client whose echo piles up is not read until it drains, so memory stays bounded.
 bool wants_read(const Conn& conn) { return !conn.peer_done && !conn.out.over_high_water(); }
-// Only while output is pending: an idle socket is almost always writable, so asking would wake us at once.
+// Only while output is pending: an idle socket is nearly always writable, so asking would wake
+// every wait at once.
 bool wants_write(const Conn& conn) { return !conn.out.empty(); }
 // The client sent FIN and has everything back: time to close.
 bool finished(const Conn& conn) { return conn.peer_done && conn.out.empty(); }
@@ -81,7 +83,9 @@ bool on_readable(Conn& conn) {
 }
 
 // Sends what is queued. Returns false if the client is gone.
-bool on_writable(Conn& conn) { return conn.out.flush_to(conn.fd.get()) != OutputBuffer::Flush::kFailed; }
+bool on_writable(Conn& conn) {
+  return conn.out.flush_to(conn.fd.get()) != OutputBuffer::Flush::kFailed;
+}
 
 // Registers conn with epoll, once for its whole life: readable, with its address as the cookie
 // every event will carry. Returns false if epoll_ctl failed (ENOMEM, or ENOSPC: max_user_watches).
@@ -158,12 +162,14 @@ bool update_events(int epoll, Conn& conn) {
 // updates its events (only serving a connection changes what it wants).
 void serve_ready(Table& table, Conn& conn, uint32_t events) {
   // EPOLLERR and EPOLLHUP come even unasked. Hand them to the read or write the connection wants,
-  // which meets the error and closes it; ignored, they would wake every epoll_wait at once, forever.
+  // which meets the error and closes it; ignored, they would wake every epoll_wait, forever.
   if (events & (EPOLLERR | EPOLLHUP)) events |= conn.watching;
   bool ok = true;
   if (events & EPOLLIN) ok = on_readable(conn);
   if (ok && (events & EPOLLOUT)) ok = on_writable(conn);
-  if (!ok || finished(conn) || !update_events(table.epoll.get(), conn)) remove_connection(table, conn);
+  if (!ok || finished(conn) || !update_events(table.epoll.get(), conn)) {
+    remove_connection(table, conn);
+  }
 }
 
 // Creates the epoll instance and registers the listener in it. The listener's data.ptr is null:
@@ -174,7 +180,9 @@ Fd create_epoll(int listener) {
   epoll_event event{};
   event.events = EPOLLIN;
   event.data.ptr = nullptr;
-  if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, listener, &event) < 0) die_setup("epoll_ctl(ADD listener)");
+  if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, listener, &event) < 0) {
+    die_setup("epoll_ctl(ADD listener)");
+  }
   return epoll;
 }
 
@@ -187,14 +195,15 @@ bool dispatch(Acceptor& acceptor, Table& table, const epoll_event& event) {
   return true;
 }
 
-// The event loop: wait until some socket is ready, serve it, until a stop signal. Returns the exit code.
+// The event loop: waits for readiness and serves what is ready, until a stop signal. Returns the
+// exit code.
 int run(Acceptor& acceptor, Fd epoll, const sigset_t* wait_mask) {
   Table table;
   table.epoll = std::move(epoll);
   epoll_event events[kMaxEvents];
   while (!stop_requested()) {
-    // SIGINT/SIGTERM are blocked except inside epoll_pwait: one that arrived since the check above is
-    // still pending and interrupts the call at once, instead of waiting for the next client.
+    // SIGINT/SIGTERM are blocked except inside epoll_pwait: one that arrived since the check above
+    // is still pending and interrupts the call at once, instead of waiting for the next client.
     int ready = ::epoll_pwait(table.epoll.get(), events, kMaxEvents, -1, wait_mask);
     if (ready < 0) {
       if (errno == EINTR) continue;  // a signal: the loop condition decides

@@ -19,9 +19,11 @@
 
 namespace {
 
-const ServerSpec kSpec{"Lesson 05: echo server serving many clients with edge-triggered epoll.", 7005,
+const ServerSpec kSpec{"Lesson 05: echo server serving many clients with edge-triggered epoll.",
+                       7005,
                        {{"--et-read-once", LessonFlag::Kind::kSwitch,
-                         "DELIBERATELY BROKEN, for the stall demonstration: one read per edge", 0}}};
+                         "DELIBERATELY BROKEN, for the stall demonstration: one read per edge",
+                         0}}};
 
 // One read per readiness report; 64 KiB keeps the syscalls per byte low for bulk senders.
 constexpr size_t kReadChunk = 64 * 1024;
@@ -57,7 +59,7 @@ struct Table {
   bool read_once = false;    // --et-read-once: the deliberate bug of the stall demonstration
 };
 
-// Backpressure: a client whose echo is piling up is not read until it drains, so memory stays bounded.
+// Backpressure: a client whose echo piles up is not read until it drains, so memory stays bounded.
 bool wants_read(const Conn& conn) { return !conn.peer_done && !conn.out.over_high_water(); }
 // EPOLLOUT comes with nearly every edge; it matters only while output is pending.
 bool wants_write(const Conn& conn) { return !conn.out.empty(); }
@@ -107,7 +109,9 @@ bool on_readable(Conn& conn, int max_reads) {
 }
 
 // Sends what is queued. Returns false if the client is gone.
-bool on_writable(Conn& conn) { return conn.out.flush_to(conn.fd.get()) != OutputBuffer::Flush::kFailed; }
+bool on_writable(Conn& conn) {
+  return conn.out.flush_to(conn.fd.get()) != OutputBuffer::Flush::kFailed;
+}
 
 // Registers conn with epoll once for its whole life, for everything it will ever want, edge-
 // triggered: no epoll_ctl per message, nor per backpressure episode. EPOLLRDHUP reports the
@@ -188,7 +192,9 @@ Fd create_epoll(int listener) {
   epoll_event event{};
   event.events = EPOLLIN | EPOLLET;
   event.data.ptr = nullptr;
-  if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, listener, &event) < 0) die_setup("epoll_ctl(ADD listener)");
+  if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, listener, &event) < 0) {
+    die_setup("epoll_ctl(ADD listener)");
+  }
   return epoll;
 }
 
@@ -212,7 +218,8 @@ void serve_queued(Table& table, std::vector<Conn*>& turns) {
   turns.clear();
 }
 
-// The event loop: wait until some socket is ready, serve it, until a stop signal. Returns the exit code.
+// The event loop: waits for readiness and serves what is ready, until a stop signal. Returns the
+// exit code.
 int run(Acceptor& acceptor, Fd epoll, bool read_once, const sigset_t* wait_mask) {
   Table table;
   table.epoll = std::move(epoll);
@@ -223,8 +230,8 @@ int run(Acceptor& acceptor, Fd epoll, bool read_once, const sigset_t* wait_mask)
     // Queued connections hold input no edge will announce again: while there are any, only look
     // for new events (timeout 0), never sleep.
     int timeout = table.ready.empty() ? -1 : 0;
-    // SIGINT/SIGTERM are blocked except inside epoll_pwait: one that arrived since the check above is
-    // still pending and interrupts the call at once, instead of waiting for the next client.
+    // SIGINT/SIGTERM are blocked except inside epoll_pwait: one that arrived since the check above
+    // is still pending and interrupts the call at once, instead of waiting for the next client.
     int ready = ::epoll_pwait(table.epoll.get(), events, kMaxEvents, timeout, wait_mask);
     if (ready < 0) {
       if (errno == EINTR) continue;  // a signal: the loop condition decides
