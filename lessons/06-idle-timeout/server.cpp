@@ -21,36 +21,38 @@
 
 namespace {
 
-const ServerSpec kSpec{"Lesson 06: edge-triggered epoll echo server that closes idle connections.", 7006,
+const ServerSpec kSpec{"Lesson 06: edge-triggered epoll echo server that closes idle connections.",
+                       7006,
                        {{"--idle-timeout", LessonFlag::Kind::kPositiveNumber,
-                         "close a connection that moves no bytes this long (default 60; fractions ok)", 60}}};
+                         "close a connection that moves no bytes this long (default 60; fractions ok)",
+                         60}}};
 
 // One read per readiness report; 64 KiB keeps the syscalls per byte low for bulk senders.
 constexpr size_t kReadChunk = 64 * 1024;
 // Events taken per epoll_wait: the length of our array, never the number of connections. The
 // kernel fills at most this many; the other ready sockets stay ready for the next call.
 constexpr int kMaxEvents = 256;
-// Fairness: reads one connection gets per turn. Draining a fast sender to EAGAIN could take
-// forever while everyone else waits; past this bound it goes to the back of Reactor::ready_.
+// Fairness: reads one connection gets per turn. Draining a fast sender to EAGAIN could keep
+// everyone else waiting; past this bound it goes to the back of Reactor::ready_.
 constexpr int kReadsPerTurn = 4;
 
 class Connection;
 class Reactor;
 using Timers = IdleTimers<Connection>;
 
-// What epoll's data.ptr points at. Every registered fd has one Handler, and the loop passes each
+// What epoll's data.ptr points at. Every registered fd has one Handler, and the loop hands each
 // event to it without knowing what kind it is (a connection, the listener).
 class Handler {
  public:
   virtual ~Handler() = default;
-  // One event, or events == 0 for a turn the Reactor gives from its ready list.
+  // An event epoll reported, or events == 0 for a turn from the Reactor's ready list.
   virtual void on_events(uint32_t events) = 0;
 };
 
 // One client: its socket, the echo it is owed, its idle deadline, and the handlers that do its I/O.
 //
 // Ownership: the Reactor owns every Connection, from accept until the end of the loop iteration in
-// which it is closed. Nothing else deletes one, least of all its own handlers: close() makes the
+// which it closes. Nothing else deletes one, least of all its own handlers: close() has the
 // Reactor unregister and close the fd and cancel the idle timer at once, but the object is freed
 // only after the iteration, because a later event of the same epoll_wait batch, or the ready list,
 // may still hold its address. That is why on_events starts by checking closed().
@@ -65,33 +67,37 @@ class Connection final : public Handler {
   void on_timeout();  // its idle deadline has passed: the Reactor found it at the front of the list
 
  private:
-  friend class Reactor;  // the Reactor keeps its bookkeeping fields (self_, timer_, queued_)
+  friend class Reactor;  // the Reactor keeps the bookkeeping fields (self_, timer_, queued_)
 
-  bool serve(uint32_t events, int max_reads);
   bool on_readable(int max_reads);
   bool on_writable();
   bool echo_back(const char* data, size_t size);
   void note_activity();
   void close(const char* why);
 
-  // Backpressure: a client whose echo is piling up is not read until it drains, so memory stays bounded.
+  // Backpressure: a client whose echo piles up is not read until it drains, so memory stays bounded.
   bool wants_read() const { return !peer_done_ && !out_.over_high_water(); }
+  // EPOLLOUT comes with nearly every edge; it matters only while output is pending.
+  bool wants_write() const { return !out_.empty(); }
   // The client sent FIN and has everything back: time to close.
   bool finished() const { return peer_done_ && out_.empty(); }
+  // Input may be waiting and backpressure allows reading it. Asked after every write too: that is
+  // how reading resumes once output drains, with no new edge for the bytes that waited meanwhile.
+  bool should_read() const { return readable_ && wants_read(); }
 
   Reactor& reactor_;
   Fd fd_;
   OutputBuffer out_;        // echo bytes the socket did not take yet
   bool peer_done_ = false;  // read() returned 0: the client sends no more (it may still read)
-  // An edge said input is waiting, and no read has found the end of it yet. No new edge comes
-  // for bytes already queued, so this flag is the only memory that they are there.
+  // An edge said input is waiting and no read has found its end yet. Bytes already queued raise no
+  // new edge, so after a read stopped early (fairness, backpressure) this flag is all that says so.
   bool readable_ = false;
   // An event reported a FIN, urgent data or an error: a short read may stop in front of them,
-  // so from now on only EAGAIN or 0 proves the queue empty (see lesson 05).
+  // so from now on only 0 or EAGAIN proves the input drained (see on_readable).
   bool read_to_eagain_ = false;
-  bool queued_ = false;                       // on Reactor::ready_
-  std::list<Connection>::iterator self_;     // where it sits in Reactor::conns_, to unlink it in O(1)
-  Timers::Handle timer_;                      // where it sits in Reactor::timers_
+  bool queued_ = false;                   // on Reactor::ready_
+  std::list<Connection>::iterator self_;  // where it sits in Reactor::conns_, to unlink it in O(1)
+  Timers::Handle timer_;                  // where it sits in Reactor::timers_
 };
 
 // The listening socket's handler: takes every queued client and gives it to the Reactor.
@@ -122,65 +128,60 @@ class Reactor {
  private:
   int wait_ms() const;
   void close_idle_connections();
-  void serve_ready_list(std::vector<Connection*>& turns);
+  void serve_queued(std::vector<Connection*>& turns);
 
   Fd epoll_;
   Timers timers_;          // every open connection's idle deadline, earliest first
   Timers::TimePoint now_;  // the clock, read once per wakeup: for the expiry and the next wait
   // A list, because a Connection must never move while epoll holds its address.
   std::list<Connection> conns_;
-  std::list<Connection> closed_;      // closed during this loop iteration, freed once it is done
-  std::vector<Connection*> ready_;    // connections that still have input after their turn
+  std::list<Connection> closed_;    // closed during this iteration, freed once it is done
+  std::vector<Connection*> ready_;  // connections that stopped at the fairness bound, served next
 };
 
-// One turn of a connection: note what the event reports, send what is queued if the socket has
-// room, then read; close it if it failed or is finished, or queue it for another turn if it still
-// has input (it stopped at the fairness bound).
+// Serves one connection: an event epoll reported (events), or its turn from the ready list (events
+// 0). Closes it if it failed or is finished; queues it again if it stopped at the fairness bound.
 void Connection::on_events(uint32_t events) {
   if (closed()) return;  // closed earlier in this iteration; its memory lives until the end of it
-  if (!serve(events, kReadsPerTurn) || finished()) return close("done");
-  if (readable_ && wants_read() && !queued_) reactor_.queue_turn(*this);
+  // An edge is the only news there will be: write it down. EPOLLERR and EPOLLHUP come even
+  // unasked; the read or write they lead to meets the error and closes the connection.
+  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLPRI | EPOLLERR | EPOLLHUP)) readable_ = true;
+  if (events & (EPOLLRDHUP | EPOLLPRI | EPOLLERR | EPOLLHUP)) read_to_eagain_ = true;
+  bool ok = true;
+  if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && wants_write()) ok = on_writable();
+  if (ok && should_read()) ok = on_readable(kReadsPerTurn);
+  if (!ok || finished()) {
+    close(ok ? "done" : "failed");
+  } else if (should_read() && !queued_) {
+    reactor_.queue_turn(*this);
+  }
 }
 
-// Reading also resumes here after backpressure: the EPOLLOUT edge that drains the output finds
-// readable_ still set. Returns false if the connection failed.
-bool Connection::serve(uint32_t events, int max_reads) {
-  if (events & (EPOLLIN | EPOLLRDHUP | EPOLLPRI | EPOLLHUP | EPOLLERR)) readable_ = true;
-  if (events & (EPOLLRDHUP | EPOLLPRI | EPOLLHUP | EPOLLERR)) read_to_eagain_ = true;
-  // EPOLLOUT comes with every edge on a socket that has room, so an empty buffer is the usual case.
-  if ((events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) && !on_writable()) return false;
-  if (readable_ && wants_read()) return on_readable(max_reads);
-  return true;
-}
-
-// Reads and echoes until the socket has nothing more for now, or max_reads reads (fairness), or
-// backpressure. Edge-triggered: whatever is left unread is not announced again, so readable_
-// stays set until a read proves the queue empty. Returns false if the connection failed.
+// Reads and echoes until the input is drained, or max_reads reads (fairness), or backpressure.
+// Edge-triggered: bytes left unread are not announced again, so readable_ stays set until a read
+// proves the input drained. Returns false if the connection failed.
 bool Connection::on_readable(int max_reads) {
   char buffer[kReadChunk];
-  for (int reads = 0; reads < max_reads && wants_read();) {
+  for (int reads = 0; reads < max_reads && should_read();) {
     ssize_t n = ::read(fd_.get(), buffer, sizeof buffer);
     if (n > 0) {
       ++reads;
       note_activity();  // a byte received: the idle deadline starts again
       if (!echo_back(buffer, static_cast<size_t>(n))) return false;
-      // A short read took every byte of data TCP had queued; a byte arriving later raises a new
-      // edge. Unless a FIN or urgent data waits behind it: then read on to 0 or EAGAIN.
+      // A short read took all the data TCP held, and any byte arriving later raises a new edge, so
+      // the read that would say EAGAIN is skipped. Not if a FIN or urgent data may wait behind it.
       if (static_cast<size_t>(n) < sizeof buffer && !read_to_eagain_) readable_ = false;
-      if (!readable_) return true;
     } else if (n == 0) {
       peer_done_ = true;  // FIN: stop reading; close once everything owed is sent
       readable_ = false;
-      return true;
     } else if (int error = errno; error == EAGAIN) {
-      readable_ = false;
-      return true;
+      readable_ = false;  // drained: the next byte to arrive raises a new edge
     } else if (error != EINTR) {
       chatter("read fd %d: %s", fd_.get(), std::strerror(error));
       return false;
     }
   }
-  return true;  // stopped early: readable_ is still set, input may be waiting
+  return true;
 }
 
 // Sends what is queued. Echo the client took is activity too: a client still reading what it is
@@ -256,9 +257,9 @@ bool Reactor::watch(int fd, Handler* handler, uint32_t events) {
   return ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &event) == 0;
 }
 
-// Stores a new connection, registers it with epoll for everything (no epoll_ctl per message or per
-// backpressure episode: EPOLLRDHUP announces the peer's FIN, EPOLLPRI urgent data), and starts its
-// idle timer.
+// Stores a new connection, registers it for everything it will ever want (no epoll_ctl per
+// message, nor per backpressure episode; EPOLLRDHUP reports the peer's FIN and EPOLLPRI urgent
+// data, both of which can hide behind a short read), and starts its idle timer.
 void Reactor::add_connection(Fd client) {
   Connection& conn = conns_.emplace_front(*this, std::move(client));
   conn.self_ = conns_.begin();
@@ -267,7 +268,7 @@ void Reactor::add_connection(Fd client) {
     conns_.erase(conn.self_);  // the Fd closes the socket; the client sees EOF
     return;
   }
-  conn.timer_ = timers_.add(&conn, Timers::Clock::now());  // not now_: it may have arrived after it
+  conn.timer_ = timers_.add(&conn, Timers::Clock::now());  // not now_: it may have come after it
   chatter("client connected (fd %d)", conn.fd());
 }
 
@@ -287,8 +288,9 @@ void Reactor::queue_turn(Connection& conn) {
   ready_.push_back(&conn);
 }
 
-// Queued connections have input no edge will announce again: only look for new events (0) before
-// serving them. Otherwise sleep until the earliest idle deadline, or for good if there is none.
+// Queued connections hold input no edge will announce again: while there are any, only look for
+// new events (0), never sleep. Otherwise sleep until the earliest idle deadline, or until an event
+// if there is no connection at all (-1).
 int Reactor::wait_ms() const { return ready_.empty() ? timers_.wait_ms(now_) : 0; }
 
 // The list is ordered by deadline: only its front is ever looked at, never every connection.
@@ -297,41 +299,42 @@ void Reactor::close_idle_connections() {
   // TODO(lesson 06): while timers_.first_due(now_) returns a connection, call its on_timeout().
 }
 
-// Gives every connection queued in the last iteration one more turn, in order.
-void Reactor::serve_ready_list(std::vector<Connection*>& turns) {
-  turns.swap(ready_);  // connections that stop at the bound again queue for the next iteration
+// Gives each connection queued at the fairness bound one more turn, in the order they queued.
+// Those that stop at the bound again queue for the next iteration, behind the new events.
+void Reactor::serve_queued(std::vector<Connection*>& turns) {
+  turns.swap(ready_);
   for (Connection* conn : turns) {
     conn->queued_ = false;
-    conn->on_events(0);  // one closed in this iteration returns at once
+    conn->on_events(0);  // returns at once if an event or the timer closed it in this iteration
   }
   turns.clear();
 }
 
-// The event loop: dispatch each event to its Handler, until a stop signal. Returns the exit code.
+// The event loop: waits for readiness or the next deadline, dispatches, until a stop signal.
+// Returns the exit code.
 int Reactor::run(const sigset_t* wait_mask) {
   epoll_event events[kMaxEvents];
   std::vector<Connection*> turns;
   while (!stop_requested()) {
-    // SIGINT/SIGTERM are blocked except inside epoll_pwait: one that arrived since the check
-    // above is still pending and interrupts the call at once.
+    // SIGINT/SIGTERM are blocked except inside epoll_pwait: one that arrived since the check above
+    // is still pending and interrupts the call at once, instead of waiting for the next client.
     int ready = ::epoll_pwait(epoll_.get(), events, kMaxEvents, wait_ms(), wait_mask);
     int error = errno;
-    // Once per wakeup: the expiry below, and the next wait, measure from it.
-    now_ = Timers::Clock::now();
+    now_ = Timers::Clock::now();  // once per wakeup: the expiry below and the next wait use it
     if (ready < 0) {
       if (error == EINTR) continue;  // a signal: the loop condition decides
       warn("epoll_pwait: %s", std::strerror(error));
       return 1;
     }
     for (int i = 0; i < ready; ++i) static_cast<Handler*>(events[i].data.ptr)->on_events(events[i].events);
-    // After the events, so a byte that arrived at its deadline still saves a connection.
+    // After the events, so a byte that arrived by its deadline still saves its connection.
     close_idle_connections();
-    serve_ready_list(turns);
-    // Only now may closed connections be freed: until the iteration is done, a later event or
-    // the ready list could still hold the address of one closed earlier.
+    serve_queued(turns);
+    // Only now may closed connections be freed: until the iteration is done, a later event or the
+    // ready list could still hold the address of one closed earlier.
     closed_.clear();
   }
-  return 0;  // conns_'s destructor closes every connection, then the epoll fd
+  return 0;  // conns_'s destructor closes every connection, then epoll_'s the epoll fd
 }
 
 }  // namespace
