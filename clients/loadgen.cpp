@@ -534,6 +534,7 @@ int main(int argc, char** argv) {
   Config config = parse_config(argc, argv);
   raise_fd_limit();
   Report report = config.mode == "idle" ? run_idle(config) : run_throughput(config);
+  if (report.messages == 0) fail("no echo completed in the %.2f s window: nothing to measure", report.window.wall);
   Summary summary = summarise(config, report);
   print_json(config, report, summary);
   print_human(config, report, summary);
