@@ -38,7 +38,9 @@ class IdleTimers {
   bool empty() const { return timers_.empty(); }
 
   // Starts owner's timer with deadline now + timeout. O(1); allocates the one list node.
-  Handle add(Owner* owner, TimePoint now) { return timers_.insert(timers_.end(), {now + timeout_, owner}); }
+  Handle add(Owner* owner, TimePoint now) {
+    return timers_.insert(timers_.end(), {now + timeout_, owner});
+  }
 
   // Activity: the deadline becomes now + timeout, so the timer moves to the back. O(1), no
   // allocation, no system call, so it can run on every read.

@@ -24,7 +24,7 @@ namespace {
 const ServerSpec kSpec{"Lesson 06: edge-triggered epoll echo server that closes idle connections.",
                        7006,
                        {{"--idle-timeout", LessonFlag::Kind::kPositiveNumber,
-                         "close a connection that moves no bytes this long (default 60; fractions ok)",
+                         "close a connection idle this long (default 60; fractions allowed)",
                          60}}};
 
 // One read per readiness report; 64 KiB keeps the syscalls per byte low for bulk senders.
@@ -75,7 +75,7 @@ class Connection final : public Handler {
   void note_activity();
   void close(const char* why);
 
-  // Backpressure: a client whose echo piles up is not read until it drains, so memory stays bounded.
+  // Backpressure: a client whose echo piles up is not read until it drains: memory stays bounded.
   bool wants_read() const { return !peer_done_ && !out_.over_high_water(); }
   // EPOLLOUT comes with nearly every edge; it matters only while output is pending.
   bool wants_write() const { return !out_.empty(); }
@@ -206,8 +206,8 @@ bool Connection::echo_back(const char* data, size_t size) {
   return true;
 }
 
-// Bytes moved: the idle deadline becomes now + timeout. O(1), and no system call: steady_clock::now()
-// runs in the vDSO (about 30 ns here). Not the loop's once-per-wakeup time: bytes that arrived
+// Bytes moved: the idle deadline becomes now + timeout. O(1), and no system call: the clock is
+// read in the vDSO (about 30 ns here). Not the loop's once-per-wakeup time: bytes that arrived
 // while the batch was being served would get a deadline early by as long as the batch took.
 void Connection::note_activity() {
   // TODO(lesson 06): move this connection's deadline to now + timeout: call refresh() on
@@ -326,7 +326,9 @@ int Reactor::run(const sigset_t* wait_mask) {
       warn("epoll_pwait: %s", std::strerror(error));
       return 1;
     }
-    for (int i = 0; i < ready; ++i) static_cast<Handler*>(events[i].data.ptr)->on_events(events[i].events);
+    for (int i = 0; i < ready; ++i) {
+      static_cast<Handler*>(events[i].data.ptr)->on_events(events[i].events);
+    }
     // After the events, so a byte that arrived by its deadline still saves its connection.
     close_idle_connections();
     serve_queued(turns);

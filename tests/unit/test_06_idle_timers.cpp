@@ -40,7 +40,9 @@ std::vector<int> expire_due(Timers& timers, Timers::TimePoint now) {
   return expired;
 }
 
-void start(Timers& timers, Peer& peer, Timers::TimePoint now) { peer.timer = timers.add(&peer, now); }
+void start(Timers& timers, Peer& peer, Timers::TimePoint now) {
+  peer.timer = timers.add(&peer, now);
+}
 }  // namespace
 
 TEST_CASE("idle_timers_expire_in_deadline_order_and_not_before_the_deadline") {
@@ -49,7 +51,7 @@ TEST_CASE("idle_timers_expire_in_deadline_order_and_not_before_the_deadline") {
   start(timers, a, t0);
   start(timers, b, t0 + 1s);
   start(timers, c, t0 + 2s);
-  CHECK_MESSAGE(timers.first_due(t0 + 10s - 1ns) == nullptr, "nothing is due 1 ns before the first deadline");
+  CHECK_MESSAGE(timers.first_due(t0 + 10s - 1ns) == nullptr, "nothing due 1 ns before a deadline");
   CHECK(expire_due(timers, t0 + 10s) == std::vector<int>{1});  // deadline == now counts as due
   CHECK(expire_due(timers, t0 + 12s) == std::vector<int>{2, 3});
   CHECK(timers.empty());
@@ -61,8 +63,8 @@ TEST_CASE("idle_timers_refresh_moves_an_active_owner_behind_the_idle_ones") {
   start(timers, a, t0);
   start(timers, b, t0 + 1s);
   timers.refresh(a.timer, t0 + 5s);  // a spoke at 5 s: its deadline is now 15 s, after b's 11 s
-  CHECK_MESSAGE(expire_due(timers, t0 + 12s) == std::vector<int>{2}, "only b (deadline 11 s) is due at 12 s");
-  CHECK_MESSAGE(timers.wait_ms(t0 + 12s) == 3000, "a refreshed at 5 s is due at 15 s: 3000 ms after 12 s");
+  CHECK_MESSAGE(expire_due(timers, t0 + 12s) == std::vector<int>{2}, "only b (due 11 s) at 12 s");
+  CHECK_MESSAGE(timers.wait_ms(t0 + 12s) == 3000, "a, refreshed at 5 s, is due at 15 s: 3000 ms");
   CHECK(expire_due(timers, t0 + 15s) == std::vector<int>{1});
 }
 
@@ -89,7 +91,7 @@ TEST_CASE("idle_timers_cancel_removes_a_closed_owner_for_good") {
   timers.cancel(b.timer);  // b's connection closed before its deadline
   CHECK(timers.size() == 2);
   CHECK(expire_due(timers, t0 + 1h) == std::vector<int>{1, 3});
-  CHECK_MESSAGE(timers.wait_ms(t0 + 1h) == -1, "no timers left: epoll_wait should sleep until an event (-1)");
+  CHECK_MESSAGE(timers.wait_ms(t0 + 1h) == -1, "no timers: epoll_wait should sleep until an event");
 }
 
 TEST_CASE("idle_timers_many_equal_deadlines_all_expire_together_in_arrival_order") {
@@ -140,7 +142,7 @@ TEST_CASE("idle_timers_wait_ms_fits_the_longest_allowed_timeout_in_an_int") {
   Timers absurd(std::chrono::hours(24 * 365 * 100));
   Peer b{2};
   start(absurd, b, t0);
-  CHECK_MESSAGE(absurd.wait_ms(t0) == INT_MAX, "a wait longer than INT_MAX ms is clamped, never negative");
+  CHECK_MESSAGE(absurd.wait_ms(t0) == INT_MAX, "a wait past INT_MAX ms is clamped, never negative");
 }
 
 TEST_CASE("idle_timers_wait_ms_lets_one_epoll_wait_reach_the_deadline") {
@@ -165,6 +167,7 @@ TEST_CASE("idle_timers_wait_ms_lets_one_epoll_wait_reach_the_deadline") {
     }
   }
   CHECK_MESSAGE(zero_waits == 0, zero_waits << " waits of 0 ms before " << rounds
-                                            << " deadlines: a busy loop (is wait_ms rounding down?)");
-  CHECK_MESSAGE(calls <= 2 * rounds, calls << " epoll_wait calls for " << rounds << " deadlines; one each will do");
+                                            << " deadlines: a busy loop (wait_ms rounds down?)");
+  CHECK_MESSAGE(calls <= 2 * rounds,
+                calls << " epoll_wait calls for " << rounds << " deadlines; one each will do");
 }
