@@ -131,7 +131,8 @@ def test_1000_idle_connections_with_a_long_timeout_cost_no_cpu_and_no_wakeups(st
         wakeups = voluntary_context_switches(server.pid) - wakeups_before
     finally:
         close_all(socks)
-    print(f"1000 idle connections, --idle-timeout 60: {wakeups} wakeups, {cpu * 1000:.0f} ms of CPU in {seconds:.1f} s")
+    print(f"1000 idle connections, --idle-timeout 60: {wakeups} wakeups, "
+          f"{cpu * 1000:.0f} ms of CPU in {seconds:.1f} s")
     assert wakeups <= 1, (
         f"with 1000 idle connections and the next deadline 60 s away, the server woke {wakeups} times in "
         f"{seconds:.1f} s; it should sleep in epoll_wait until the next deadline, not poll on an interval")
@@ -148,7 +149,7 @@ def test_half_closed_client_still_draining_its_echo_is_not_cut_short(start_serve
     server = start_with_timeout(start_server, lesson, timeout)
     data = random.Random(6).randbytes(8 << 20)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)  # keep the echo from piling up on our side
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)  # the echo waits at the server, not here
     sock.settimeout(5)
     sock.connect(server.address)
     silent_since, server_held = [], [time.monotonic()]
