@@ -62,6 +62,7 @@ def count_syscalls(binary, workload, args=("--quiet",)):
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         except FileNotFoundError:
             raise StraceUnavailable("strace is not installed (`make deps` installs it)") from None
+        server_pid = None
         try:
             ready, _, _ = select.select([tracer.stdout], [], [], READY_TIMEOUT)
             line = tracer.stdout.readline().decode(errors="replace") if ready else ""
@@ -69,12 +70,16 @@ def count_syscalls(binary, workload, args=("--quiet",)):
                 tracer.kill()
                 raise StraceUnavailable(f"the server under strace printed {line!r}, not its readiness line: "
                                         f"{tracer.communicate()[1].decode(errors='replace')[-500:]}")
+            server_pid = server_pid_under(tracer.pid)
             host, _, port = line[len("listening on "):].strip().rpartition(":")
             workload((host.strip("[]"), int(port)))
-            os.kill(server_pid_under(tracer.pid), signal.SIGTERM)
+            os.kill(server_pid, signal.SIGTERM)
             code = tracer.wait(timeout=10)  # strace exits with its tracee's exit code
         finally:
             if tracer.poll() is None:
+                # Killing strace alone would detach the server and leave it running: kill it first.
+                if server_pid is not None:
+                    os.kill(server_pid, signal.SIGKILL)
                 tracer.kill()
                 tracer.wait()
         return parse_summary(summary.read()), code
