@@ -126,17 +126,19 @@ def test_epoll_ctl_mod_reports_unread_data_again_which_hides_the_bug(lesson):
                 assert len(receiver.recv(4096)) == 2000, "the bytes were there all along"
 
 
-def test_a_ping_pong_message_costs_one_read(server):
+def test_a_ping_pong_message_costs_at_most_two_reads(server):
     with connect(*server.address) as sock:
         assert round_trip(sock, b"warm up") == b"warm up"
         before = reads_made_by(server.pid)
         for index in range(ROUND_TRIPS):
             assert round_trip(sock, b"%064d" % index) == b"%064d" % index
         reads = reads_made_by(server.pid) - before
-    assert reads <= ROUND_TRIPS + SLACK, (
-        f"{ROUND_TRIPS} round trips cost the server {reads} read() calls. A short read of a TCP socket "
-        f"took all the data queued, and whatever arrives later raises a new edge: the extra read that "
-        f"returns EAGAIN is only needed once EPOLLRDHUP or EPOLLPRI was reported")
+    # Reading to EAGAIN costs two reads per message (the data, then EAGAIN); the solution needs one,
+    # because a short read of a TCP socket took everything queued and later bytes raise a new edge
+    # (it reads on only after EPOLLRDHUP or EPOLLPRI). `make bench` shows the difference.
+    assert reads <= 2 * ROUND_TRIPS + SLACK, (
+        f"{ROUND_TRIPS} round trips cost the server {reads} read() calls: more than the data read plus "
+        f"one read that returns EAGAIN per message. Is it reading in small pieces, or looping after EAGAIN?")
 
 
 def test_registration_is_never_modified_not_even_for_backpressure(pytestconfig, lesson):
