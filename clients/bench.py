@@ -40,6 +40,7 @@ SERVER_CPU, CLIENT_CPU = 0, 1
 # Other processes busy for more than this many cores during a window disturb it: measure again.
 DISTURBED, RETRIES = 0.15, 2
 RETRY_BUDGET = 30  # for the whole run: about 40 s at most on a machine that is never quiet
+QUIET_WAIT = 90    # seconds, for the whole run, spent waiting for others to finish before a retry
 
 # The syscalls an echo server spends per message; raw_syscalls:sys_enter counts all of them.
 # Few events on purpose: perf switches every counter in and out at each context switch.
@@ -62,8 +63,11 @@ class Plan:
     syscall_messages: int
 
 
-FULL = Plan(repeats=5, idle_counts=(0, 1000, 5000, 10000), connection_counts=(1, 10, 100, 1000),
-            warmup=0.3, duration=0.8, rounds=1000, rounds_cap=2.0, syscall_counts=(1, 10, 100, 1000),
+# Throughput windows of 2 s: on this kind of machine server and client drift between two regimes
+# (large batches per epoll_wait, or lock-step wakeups costing ~40% more CPU per message) within
+# a second or so; a short window catches one of them, a longer one averages both.
+FULL = Plan(repeats=3, idle_counts=(0, 1000, 5000, 10000), connection_counts=(1, 10, 100, 1000),
+            warmup=0.3, duration=2.0, rounds=1000, rounds_cap=2.0, syscall_counts=(1, 10, 100, 1000),
             syscall_messages=30000)
 QUICK = Plan(repeats=1, idle_counts=(0, 1000, 10000), connection_counts=(1, 100, 1000),
              warmup=0.2, duration=0.5, rounds=300, rounds_cap=1.0, syscall_counts=(100,),
@@ -113,6 +117,17 @@ def machine_description():
             "memory_gib": round(memory_gib, 1), "python": platform.python_version()}
 
 
+def machine_busy_cores(seconds):
+    """How many CPUs' worth of work the machine did over the next `seconds` (from /proc/stat)."""
+    def busy_ticks():
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:9]]
+        return sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    before = busy_ticks()
+    time.sleep(seconds)  # the sampling interval itself
+    return (busy_ticks() - before) / os.sysconf("SC_CLK_TCK") / seconds
+
+
 # --- one measurement ---------------------------------------------------------------------------
 
 class Bench:
@@ -123,6 +138,7 @@ class Bench:
         self.pin = os.cpu_count() >= 2
         self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         self.retries_left = RETRY_BUDGET
+        self.wait_left = QUIET_WAIT
 
     def start_server(self, lesson):
         server = Server(self.build_dir / self.impl / lesson / "server", ["--quiet", *SERVER_ARGS.get(lesson, [])],
@@ -176,8 +192,18 @@ class Bench:
                 break  # a busy machine must not make the benchmark unbounded
             self.retries_left -= 1
             print(f"    other processes used {run['others_busy']:.0%} of a core meanwhile: measuring again")
+            self.wait_for_quiet()
         best = min(runs, key=lambda r: r.get("others_busy", 0))
         return {**best, "attempts": len(runs)}
+
+    def wait_for_quiet(self):
+        """Waits until other processes leave the CPUs alone, within QUIET_WAIT seconds per run."""
+        while self.wait_left > 0:
+            start = time.monotonic()
+            busy = machine_busy_cores(0.5)
+            self.wait_left -= time.monotonic() - start
+            if busy <= DISTURBED:
+                return
 
     def throughput(self, lesson, connections):
         plan = self.plan
@@ -476,9 +502,14 @@ def plot_line(axes, xs, points, lesson):
 def write_plots(out, machine, plan, results, lessons):
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     caption = f"{machine['cores']} cores, {machine['cpu']}, Linux {machine['kernel']}, {machine['date'][:10]}"
+    plot_idle(out / "idle-latency.png", caption, plan, results, lessons)
+    plot_cpu(out / "cpu-per-message.png", caption, plan, results, lessons)
+    plot_syscalls(out / "syscalls-per-message.png", caption, plan, results, lessons)
 
+
+def plot_idle(path, caption, plan, results, lessons):
+    import matplotlib.pyplot as plt
     # Left: every server on one linear scale, where linear growth looks like a straight line.
     # Right: the epoll-based servers alone, so "flat" can be judged against their own scale.
     figure, panels = plt.subplots(1, 2, figsize=(11, 5))
@@ -492,8 +523,11 @@ def write_plots(out, machine, plan, results, lessons):
     panels[0].set(ylabel="p50 round trip of one active connection (µs)", title="Every server")
     panels[1].set(title="epoll-based servers only")
     figure.suptitle("Idle scaling: one connection's round trip while M others sit idle")
-    save(figure, caption, out / "idle-latency.png")
+    save(figure, caption, path)
 
+
+def plot_cpu(path, caption, plan, results, lessons):
+    import matplotlib.pyplot as plt
     figure, axes = plt.subplots(figsize=(8, 5))
     for lesson in lessons:
         points = [spread(results["throughput"].get(f"{lesson}/{n}", []), "cpu_us_per_msg")
@@ -504,8 +538,11 @@ def write_plots(out, machine, plan, results, lessons):
              title="Server CPU per message (lower is better)")
     label_ticks(axes.xaxis, plan.connection_counts)
     finish(axes)
-    save(figure, caption, out / "cpu-per-message.png")
+    save(figure, caption, path)
 
+
+def plot_syscalls(path, caption, plan, results, lessons):
+    import matplotlib.pyplot as plt
     figure, axes = plt.subplots(figsize=(8, 5))
     n = 100 if 100 in plan.syscall_counts else plan.syscall_counts[-1]
     shown = [l for l in lessons if "error" not in results["syscalls"].get(f"{l}/{n}", {"error": 1})]
@@ -519,7 +556,7 @@ def write_plots(out, machine, plan, results, lessons):
     axes.set(ylabel="syscalls per echoed message", title=f"Syscalls per message at N = {n} (perf stat)")
     axes.tick_params(axis="x", labelrotation=15)
     finish(axes)
-    save(figure, caption, out / "syscalls-per-message.png")
+    save(figure, caption, path)
 
 
 def label_ticks(axis, values):
