@@ -464,8 +464,8 @@ void print_human(const Config& config, const Report& report, const Summary& summ
     std::fprintf(stderr, ", server RSS +%ld KiB (%.0f B per idle connection)",
                  report.rss_after_kib - report.rss_before_kib, summary.bytes_per_idle);
   if (summary.server_busy >= 0)
-    std::fprintf(stderr, "; busy: server %.0f%%, loadgen %.0f%%, others %.0f%% of a core",
-                 summary.server_busy * 100, summary.client_busy * 100, summary.others_busy * 100);
+    std::fprintf(stderr, "; busy: server %.0f%%, loadgen %.0f%%, others %.0f%% of a core",  // < 0: tick rounding
+                 summary.server_busy * 100, summary.client_busy * 100, std::max(0.0, summary.others_busy * 100));
   std::fputc('\n', stderr);
 }
 
@@ -534,7 +534,7 @@ int main(int argc, char** argv) {
   Config config = parse_config(argc, argv);
   raise_fd_limit();
   Report report = config.mode == "idle" ? run_idle(config) : run_throughput(config);
-  if (report.messages == 0) fail("no echo completed in the %.2f s window: nothing to measure", report.window.wall);
+  if (report.messages == 0) fail("no echo completed in the %.2f s window", report.window.wall);
   Summary summary = summarise(config, report);
   print_json(config, report, summary);
   print_human(config, report, summary);
