@@ -58,6 +58,6 @@ Acceptor::Result Acceptor::turn_one_away() {
   // ran out too): stop as well, rather than loop on accept() without ever sleeping.
   if (!turned_away)
     return saved == EAGAIN || saved == EMFILE || saved == ENFILE ? Result::kEmpty : Result::kRetry;
-  warn("out of file descriptors: turned a client away");
+  chatter("out of file descriptors: turned a client away");  // per connection: --quiet silences it
   return Result::kRejected;
 }

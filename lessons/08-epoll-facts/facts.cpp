@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "acceptor.h"
+#include "log.h"
 #include "net.h"
 #include "probe.h"
 
@@ -790,6 +791,7 @@ int wakeups_within(int epfd, std::chrono::milliseconds window, OnReady on_ready)
 }
 
 TEST_CASE("bug_lt_listener_out_of_descriptors_spins") {
+  set_quiet(true);  // no "turned a client away" line per rejected connection
   Acceptor acceptor(listen_loopback());  // reserves its spare descriptor now
   Fd epoll = make_epoll();
   watch(epoll.get(), acceptor.listener(), EPOLLIN);

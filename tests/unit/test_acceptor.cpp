@@ -1,44 +1,26 @@
 // Acceptor: out of descriptors, it turns clients away instead of leaving them queued forever.
 #include <doctest/doctest.h>
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <string>
 #include <vector>
 
 #include "acceptor.h"
+#include "log.h"
 #include "net.h"
+#include "probe.h"
 
 namespace {
-Fd connect_to(int port) {
-  Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  SocketAddress address;
-  make_address("127.0.0.1", port, &address);
-  REQUIRE(::connect(fd.get(), address.get(), address.length) == 0);
-  return fd;
-}
-
-// Lowers RLIMIT_NOFILE for one test and restores it afterwards.
-struct FdLimit {
-  rlimit saved{};
-  explicit FdLimit(rlim_t soft) {
-    ::getrlimit(RLIMIT_NOFILE, &saved);
-    rlimit lowered = saved;
-    lowered.rlim_cur = soft;
-    ::setrlimit(RLIMIT_NOFILE, &lowered);
-  }
-  ~FdLimit() { ::setrlimit(RLIMIT_NOFILE, &saved); }
-};
+// Each rejection prints a line unless quiet, as a server started with --quiet would be.
+const bool kQuiet = (set_quiet(true), true);
 }  // namespace
 
 TEST_CASE("acceptor_accepts_until_the_queue_is_empty") {
   std::string error;
   Acceptor acceptor(listen_tcp("127.0.0.1", 0, true, &error));
   int port = local_port(acceptor.listener());
-  Fd a = connect_to(port), b = connect_to(port);
+  Fd a = connect_loopback(port), b = connect_loopback(port);
   Fd client;
   CHECK(acceptor.accept_one(&client) == Acceptor::Result::kAccepted);
   CHECK(acceptor.accept_one(&client) == Acceptor::Result::kAccepted);
@@ -50,10 +32,10 @@ TEST_CASE("acceptor_turns_a_client_away_when_out_of_descriptors") {
   std::string error;
   Acceptor acceptor(listen_tcp("127.0.0.1", 0, true, &error));
   int port = local_port(acceptor.listener());
-  Fd client = connect_to(port);
+  Fd client = connect_loopback(port);
   std::vector<Fd> hog;
   {
-    FdLimit limit(64);
+    ScopedFdLimit limit(64);
     while (true) {  // use up every descriptor below the limit
       Fd fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
       if (!fd) break;
@@ -73,10 +55,10 @@ TEST_CASE("acceptor_turns_away_every_queued_client_and_keeps_its_spare") {
   std::string error;
   Acceptor acceptor(listen_tcp("127.0.0.1", 0, true, &error));
   int port = local_port(acceptor.listener());
-  Fd first = connect_to(port), second = connect_to(port), third = connect_to(port);
+  Fd first = connect_loopback(port), second = connect_loopback(port), third = connect_loopback(port);
   std::vector<Fd> hog;
   {
-    FdLimit limit(64);
+    ScopedFdLimit limit(64);
     for (Fd fd; (fd = Fd(::open("/dev/null", O_RDONLY | O_CLOEXEC)));) hog.push_back(std::move(fd));
     Fd accepted;
     // Each rejection must give the spare back, or the next queued client is accepted into the
