@@ -103,9 +103,10 @@ double own_cpu_seconds() {
 double machine_busy_seconds() {
   std::ifstream file("/proc/stat");
   std::string cpu;
-  unsigned long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
+  unsigned long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0;
+  unsigned long long irq = 0, softirq = 0, steal = 0;
   file >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal;
-  unsigned long long busy = user + nice + system + irq + softirq + steal;
+  unsigned long long busy = user + nice + system + irq + softirq + steal;  // not idle or iowait
   return static_cast<double>(busy) / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
@@ -180,7 +181,8 @@ Fd connect_to(const Config& config, size_t number) {
   Fd fd(::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd) fail("socket (connection %zu): %s (raise ulimit -n?)", number, std::strerror(errno));
   auto whole = static_cast<time_t>(config.timeout);
-  timeval limit{whole, static_cast<suseconds_t>((config.timeout - static_cast<double>(whole)) * 1e6)};
+  auto micros = static_cast<suseconds_t>((config.timeout - static_cast<double>(whole)) * 1e6);
+  timeval limit{whole, micros};
   // SO_SNDTIMEO also bounds a blocking connect(): a server that never accepts cannot hang us.
   ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
   int rc;
@@ -291,9 +293,11 @@ class EchoLoop {
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
     if (n < 0) fail("recv on connection %u: %s", connection.index, std::strerror(errno));
     if (n == 0)
-      fail("the server closed connection %u after echoing %zu of %zu bytes of message %llu", connection.index,
-           connection.received, connection.echo.size(), static_cast<unsigned long long>(connection.sequence));
-    if (!expecting) fail("the server sent connection %u bytes it had not been sent", connection.index);
+      fail("the server closed connection %u after echoing %zu of %zu bytes of message %llu",
+           connection.index, connection.received, connection.echo.size(),
+           static_cast<unsigned long long>(connection.sequence));
+    if (!expecting)
+      fail("the server sent connection %u bytes it had not been sent", connection.index);
     connection.received += static_cast<size_t>(n);
     if (connection.received == connection.echo.size()) complete(connection);
   }
@@ -302,9 +306,10 @@ class EchoLoop {
     const std::vector<char>& sent = connection.message;
     auto [want, got] = std::mismatch(sent.begin(), sent.end(), connection.echo.begin());
     if (want != sent.end())
-      fail("wrong echo on connection %u, message %llu: byte %td is 0x%02x, should be 0x%02x", connection.index,
-           static_cast<unsigned long long>(connection.sequence), want - sent.begin(),
-           static_cast<unsigned char>(*got), static_cast<unsigned char>(*want));
+      fail("wrong echo on connection %u, message %llu: byte %td is 0x%02x, should be 0x%02x",
+           connection.index, static_cast<unsigned long long>(connection.sequence),
+           want - sent.begin(), static_cast<unsigned char>(*got),
+           static_cast<unsigned char>(*want));
     connection.in_flight = false;
     ++echoes_;
     double round_trip_us = seconds_since(connection.sent_at) * 1e6;
@@ -320,7 +325,7 @@ class EchoLoop {
 // --- the two experiments -------------------------------------------------------------------------
 
 struct Report {
-  long messages = 0;  // echoes in the measured window
+  long messages = 0;            // echoes in the measured window
   uint64_t total_messages = 0;  // every echo of the run, warm-up and set-up included
   Window window;
   std::vector<double> latencies_us;
@@ -345,7 +350,8 @@ Report run_throughput(const Config& config) {
   report.window.start();
   auto limit_reached = [&] {
     return seconds_since(report.window.started) >= config.duration ||
-           (config.messages > 0 && static_cast<long>(report.latencies_us.size()) >= config.messages);
+           (config.messages > 0 &&
+            static_cast<long>(report.latencies_us.size()) >= config.messages);
   };
   loop.run(limit_reached, config.timeout);
   report.window.stop();
@@ -377,7 +383,8 @@ Report run_idle(const Config& config) {
   report.rss_before_kib = server_rss_kib(config.server_pid);
   open_idle_connections(loop, config);
   report.rss_after_kib = server_rss_kib(config.server_pid);
-  Connection& active = loop.add(connect_to(config, config.idle));  // the highest fd: select's worst case
+  // Opened last, so it has the highest fd in the server too: select's worst case.
+  Connection& active = loop.add(connect_to(config, config.idle));
   long warmup_rounds = std::max(20L, config.rounds / 10), rounds_left = warmup_rounds;
   bool measuring = false;
   loop.on_echo = [&](Connection&, double round_trip_us) {
@@ -390,8 +397,9 @@ Report run_idle(const Config& config) {
   rounds_left = config.rounds;
   report.window.start();
   loop.send_next(active);
-  loop.run([&] { return rounds_left == 0 || seconds_since(report.window.started) >= config.duration; },
-           config.timeout);
+  loop.run(
+      [&] { return rounds_left == 0 || seconds_since(report.window.started) >= config.duration; },
+      config.timeout);
   report.window.stop();
   report.messages = static_cast<long>(report.latencies_us.size());
   report.total_messages = loop.echoes();
@@ -411,8 +419,8 @@ struct Summary {
   double rate, p50, p99;
   double cpu_us = -1;          // server CPU per message, or -1 if not measurable
   double bytes_per_idle = -1;  // idle mode: server RSS growth per idle connection
-  double server_busy = -1, client_busy = 0;  // CPU seconds per second of the window: 1 is a full core
-  double others_busy = -1;                    // every other process together, in cores
+  // CPU seconds per second of the window (1 is a full core): server, us, every other process.
+  double server_busy = -1, client_busy = 0, others_busy = -1;
 };
 
 Summary summarise(const Config& config, const Report& report) {
@@ -437,42 +445,48 @@ Summary summarise(const Config& config, const Report& report) {
 
 void print_json(const Config& config, const Report& report, const Summary& summary) {
   bool idle = config.mode == "idle";
-  std::printf("{\"mode\": \"%s\", \"connections\": %d, \"idle\": %d, \"size\": %zu, \"window_s\": %.4f, "
-              "\"messages\": %ld, \"total_messages\": %llu, \"msgs_per_s\": %.1f, \"p50_us\": %.2f, "
-              "\"p99_us\": %.2f, \"server_cpu_s\": %.3f, \"cpu_us_per_msg\": %.3f, \"rss_before_kib\": %ld, "
-              "\"rss_after_kib\": %ld, \"bytes_per_idle_conn\": %.1f, \"server_busy\": %.3f, "
-              "\"client_busy\": %.3f, \"others_busy\": %.3f}\n",
-              config.mode.c_str(), idle ? 1 : config.connections, idle ? config.idle : 0, config.size,
-              report.window.wall, report.messages, static_cast<unsigned long long>(report.total_messages),
-              summary.rate, summary.p50, summary.p99, report.window.cpu, summary.cpu_us, report.rss_before_kib,
-              report.rss_after_kib, summary.bytes_per_idle, summary.server_busy, summary.client_busy,
-              summary.others_busy);
+  std::printf(
+      "{\"mode\": \"%s\", \"connections\": %d, \"idle\": %d, \"size\": %zu, \"window_s\": %.4f, "
+      "\"messages\": %ld, \"total_messages\": %llu, \"msgs_per_s\": %.1f, \"p50_us\": %.2f, "
+      "\"p99_us\": %.2f, \"server_cpu_s\": %.3f, \"cpu_us_per_msg\": %.3f, "
+      "\"rss_before_kib\": %ld, \"rss_after_kib\": %ld, \"bytes_per_idle_conn\": %.1f, "
+      "\"server_busy\": %.3f, "
+      "\"client_busy\": %.3f, \"others_busy\": %.3f}\n",
+      config.mode.c_str(), idle ? 1 : config.connections, idle ? config.idle : 0, config.size,
+      report.window.wall, report.messages, static_cast<unsigned long long>(report.total_messages),
+      summary.rate, summary.p50, summary.p99, report.window.cpu, summary.cpu_us,
+      report.rss_before_kib, report.rss_after_kib, summary.bytes_per_idle, summary.server_busy,
+      summary.client_busy, summary.others_busy);
   std::fflush(stdout);
 }
 
 void print_human(const Config& config, const Report& report, const Summary& summary) {
   if (config.mode == "idle")
-    std::fprintf(stderr, "idle scaling: %d idle + 1 active, %ld round trips of %zu bytes", config.idle,
-                 report.messages, config.size);
+    std::fprintf(stderr, "idle scaling: %d idle + 1 active, %ld round trips of %zu bytes",
+                 config.idle, report.messages, config.size);
   else
-    std::fprintf(stderr, "throughput: %d connections, %zu-byte messages: %.0f msg/s", config.connections,
-                 config.size, summary.rate);
+    std::fprintf(stderr, "throughput: %d connections, %zu-byte messages: %.0f msg/s",
+                 config.connections, config.size, summary.rate);
   std::fprintf(stderr, ", p50 %.1f us, p99 %.1f us", summary.p50, summary.p99);
-  if (summary.cpu_us >= 0) std::fprintf(stderr, ", server CPU %.2f us/msg", summary.cpu_us);
-  else if (report.window.cpu >= 0) std::fprintf(stderr, ", server CPU: too little to measure in clock ticks");
+  if (summary.cpu_us >= 0)
+    std::fprintf(stderr, ", server CPU %.2f us/msg", summary.cpu_us);
+  else if (report.window.cpu >= 0)
+    std::fprintf(stderr, ", server CPU: too little to measure in clock ticks");
   if (summary.bytes_per_idle >= 0)
     std::fprintf(stderr, ", server RSS +%ld KiB (%.0f B per idle connection)",
                  report.rss_after_kib - report.rss_before_kib, summary.bytes_per_idle);
   if (summary.server_busy >= 0)
-    std::fprintf(stderr, "; busy: server %.0f%%, loadgen %.0f%%, others %.0f%% of a core",  // < 0: tick rounding
-                 summary.server_busy * 100, summary.client_busy * 100, std::max(0.0, summary.others_busy * 100));
+    std::fprintf(stderr, "; busy: server %.0f%%, loadgen %.0f%%, others %.0f%% of a core",
+                 summary.server_busy * 100, summary.client_busy * 100,
+                 std::max(0.0, summary.others_busy * 100));  // below 0: tick rounding
   std::fputc('\n', stderr);
 }
 
 // --- command line --------------------------------------------------------------------------------
 
 const char kUsage[] =
-    "usage: loadgen --port N [--host ADDR] [--mode throughput|idle] [--size BYTES] [--server-pid PID]\n"
+    "usage: loadgen --port N [--host ADDR] [--mode throughput|idle] [--size BYTES]\n"
+    "               [--server-pid PID]\n"
     "  throughput:  [--connections N] [--warmup S] [--duration S] [--messages COUNT]\n"
     "  idle:        [--idle M] [--rounds K] [--duration S (cap on the rounds)]\n"
     "  --timeout S  fail if no echo arrives for S seconds (default 5)\n";
@@ -501,19 +515,32 @@ Config parse_config(int argc, char** argv) {
     }
     if (i + 1 == argc) usage_error(flag + " needs a value (or is unknown)");
     std::string value = argv[++i];
-    if (flag == "--host") config.host = value;
-    else if (flag == "--port") config.port = static_cast<int>(number_of(flag, value, 1, 65535));
-    else if (flag == "--mode" && (value == "throughput" || value == "idle")) config.mode = value;
-    else if (flag == "--connections") config.connections = static_cast<int>(number_of(flag, value, 1, 1e5));
-    else if (flag == "--idle") config.idle = static_cast<int>(number_of(flag, value, 0, 1e5));
-    else if (flag == "--rounds") config.rounds = static_cast<long>(number_of(flag, value, 1, 1e9));
-    else if (flag == "--size") config.size = static_cast<size_t>(number_of(flag, value, 1, 1 << 24));
-    else if (flag == "--warmup") config.warmup = number_of(flag, value, 0, 3600);
-    else if (flag == "--duration") config.duration = number_of(flag, value, 0.001, 3600);
-    else if (flag == "--messages") config.messages = static_cast<long>(number_of(flag, value, 0, 1e12));
-    else if (flag == "--server-pid") config.server_pid = static_cast<int>(number_of(flag, value, 1, 1 << 30));
-    else if (flag == "--timeout") config.timeout = number_of(flag, value, 0.1, 3600);
-    else usage_error("unknown flag or value: " + flag + " " + value);
+    if (flag == "--host")
+      config.host = value;
+    else if (flag == "--port")
+      config.port = static_cast<int>(number_of(flag, value, 1, 65535));
+    else if (flag == "--mode" && (value == "throughput" || value == "idle"))
+      config.mode = value;
+    else if (flag == "--connections")
+      config.connections = static_cast<int>(number_of(flag, value, 1, 1e5));
+    else if (flag == "--idle")
+      config.idle = static_cast<int>(number_of(flag, value, 0, 1e5));
+    else if (flag == "--rounds")
+      config.rounds = static_cast<long>(number_of(flag, value, 1, 1e9));
+    else if (flag == "--size")
+      config.size = static_cast<size_t>(number_of(flag, value, 1, 1 << 24));
+    else if (flag == "--warmup")
+      config.warmup = number_of(flag, value, 0, 3600);
+    else if (flag == "--duration")
+      config.duration = number_of(flag, value, 0.001, 3600);
+    else if (flag == "--messages")
+      config.messages = static_cast<long>(number_of(flag, value, 0, 1e12));
+    else if (flag == "--server-pid")
+      config.server_pid = static_cast<int>(number_of(flag, value, 1, 1 << 30));
+    else if (flag == "--timeout")
+      config.timeout = number_of(flag, value, 0.1, 3600);
+    else
+      usage_error("unknown flag or value: " + flag + " " + value);
   }
   if (config.port == 0) usage_error("--port is required");
   return config;

@@ -18,8 +18,8 @@
 
 namespace {
 
-const ServerSpec kSpec{"Lesson 07: echo server on libevent (bufferevents), the yardstick for `make bench`.",
-                       7007, {}};
+const ServerSpec kSpec{
+    "Lesson 07: echo server on libevent (bufferevents), the yardstick for `make bench`.", 7007, {}};
 
 // Backpressure: stop reading a connection while its unsent output holds kHighWater bytes or more,
 // and read again once writing has drained it to kLowWater. Memory per connection stays bounded.
@@ -57,7 +57,8 @@ struct Server {
 
 // Given: frees the bufferevent, which closes the socket.
 void close_connection(Connection* connection) {
-  chatter("connection closed (fd %d)", static_cast<int>(bufferevent_getfd(connection->events.get())));
+  chatter("connection closed (fd %d)",
+          static_cast<int>(bufferevent_getfd(connection->events.get())));
   connection->server->connections.erase(connection);
 }
 
@@ -92,7 +93,8 @@ void on_event(bufferevent* events, short what, void* arg) {
   }
 }
 
-void on_accept(evconnlistener*, evutil_socket_t fd, sockaddr* /*peer*/, int /*peer_length*/, void* arg) {
+void on_accept(evconnlistener*, evutil_socket_t fd, sockaddr* /*peer*/, int /*peer_length*/,
+               void* arg) {
   auto* server = static_cast<Server*>(arg);
   BufferEvent events(bufferevent_socket_new(server->base.get(), fd, BEV_OPT_CLOSE_ON_FREE));
   if (!events) {
@@ -136,14 +138,16 @@ void set_up(Server& server, const Options& options) {
   int port = local_port(listening.get());
   // Backlog 0: the socket is already listening. The listener now owns (and will close) it.
   unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC;
-  server.listener.reset(evconnlistener_new(server.base.get(), on_accept, &server, flags, 0, listening.get()));
+  server.listener.reset(
+      evconnlistener_new(server.base.get(), on_accept, &server, flags, 0, listening.get()));
   if (!server.listener) die_setup("evconnlistener_new");
   listening.release();
   evconnlistener_set_error_cb(server.listener.get(), on_accept_error);
   server.resume_accepting.reset(evtimer_new(server.base.get(), on_resume_accepting, &server));
   server.stop_on_sigint.reset(evsignal_new(server.base.get(), SIGINT, on_stop_signal, &server));
   server.stop_on_sigterm.reset(evsignal_new(server.base.get(), SIGTERM, on_stop_signal, &server));
-  if (!server.resume_accepting || !server.stop_on_sigint || !server.stop_on_sigterm) die_setup("event_new");
+  if (!server.resume_accepting || !server.stop_on_sigint || !server.stop_on_sigterm)
+    die_setup("event_new");
   evsignal_add(server.stop_on_sigint.get(), nullptr);
   evsignal_add(server.stop_on_sigterm.get(), nullptr);
   announce_listening(options.host, port);
