@@ -1,6 +1,6 @@
 """Lesson 07: the measuring machinery is itself tested. loadgen drives a server and checks every
 echoed byte (and fails loudly when a byte is wrong or the server goes quiet); bench.py turns runs
-into tables and plots. The libevent server also meets what lessons 02-06 add to the contract."""
+into tables and plots. (The libevent server joins test_multiplexed.py like lessons 02-06.)"""
 
 import json
 import socket
@@ -118,13 +118,3 @@ def test_bench_smoke_run_writes_its_table_and_plots(pytestconfig, lesson, tmp_pa
     assert "| 07 libevent |" in table and "Linux" in table, "results.md should hold the server's rows and the machine"
     for plot in ["idle-latency.png", "cpu-per-message.png", "syscalls-per-message.png"]:
         assert (tmp_path / plot).stat().st_size > 1000, f"bench.py should draw {plot}"
-
-
-# The libevent server must behave like every multiplexed server: the same tests, run on lesson 07.
-# Imported last, so pytest runs them after this file's own (quick) tests.
-from test_multiplexed import (  # noqa: E402,F401
-    test_burst_of_200_clients_each_sending_256_kib_at_once,
-    test_client_that_never_reads_gets_backpressure_and_loses_nothing,
-    test_idle_and_flooding_clients_do_not_delay_a_third,
-    test_many_clients_connecting_at_once_are_all_accepted,
-    test_running_out_of_descriptors_neither_crashes_nor_spins)

@@ -10,7 +10,7 @@ import time
 from clients.crowd import close_all, echo_through_all, open_many
 from clients.echo_client import connect, recv_exactly, round_trip, send_until_stalled
 
-LESSONS = ["02", "03", "04", "05", "06"]
+LESSONS = ["02", "03", "04", "05", "06", "07"]
 
 # Concurrent connections each model is held to (DESIGN.md): select stops at FD_SETSIZE.
 CAPACITY = {"02": 1000, "03": 5000}
