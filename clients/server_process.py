@@ -1,6 +1,7 @@
 """Runs one server process for tests, the soak and the benchmarks: start it on a free port, wait
 for its readiness line, read its descriptors, memory and CPU from /proc, stop it with a signal."""
 
+import ctypes
 import os
 import resource
 import select
@@ -14,6 +15,20 @@ STOP_TIMEOUT = 1.0  # the contract: exit 0 within a second of SIGTERM
 FD_SETTLE_TIMEOUT = 3.0
 
 
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _prepare_child(nofile):
+    """Runs in the child before exec: it dies with the process that started it (even one killed
+    with SIGKILL, whose clean-up never runs), and gets the descriptor limit it was asked for."""
+    def prepare():
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    return prepare
+
+
 class ServerError(AssertionError):
     """The server did not start as the contract says; the message says what it did instead."""
 
@@ -24,9 +39,8 @@ class Server:
     def __init__(self, binary, args=(), nofile=None, env=None):
         self.binary = binary
         self.stderr_file = tempfile.TemporaryFile()
-        limit = None if nofile is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
         self.proc = subprocess.Popen([str(binary), "--port", "0", *args], stdout=subprocess.PIPE,
-                                     stderr=self.stderr_file, preexec_fn=limit,
+                                     stderr=self.stderr_file, preexec_fn=_prepare_child(nofile),
                                      env={**os.environ, **(env or {})})
         self.pid = self.proc.pid
         self.host, self.port = self._wait_until_listening()
