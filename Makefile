@@ -27,7 +27,7 @@ endif
 
 # The Python that has pytest: python3 on PATH may be a separate interpreter (pyenv, venv) that
 # does not see Debian's python3-pytest; /usr/bin/python3 does once the package is installed.
-PYTHON ?= $(or $(firstword $(foreach p,python3 /usr/bin/python3,$(shell $(p) -c 'import pytest, pytest_timeout' 2>/dev/null && command -v $(p)))),/usr/bin/python3)
+PYTHON ?= $(or $(firstword $(foreach p,python3 /usr/bin/python3,$(shell $(p) -c 'import pytest, pytest_timeout, xdist' 2>/dev/null && command -v $(p)))),/usr/bin/python3)
 PYTEST = $(PYTHON) -m pytest -p no:cacheprovider --timeout=180 --build-dir=$(BUILD)
 
 LESSON_DIRS := $(sort $(wildcard lessons/[0-9][0-9]-*))
@@ -95,6 +95,7 @@ deps:
 	  'test -f /usr/include/doctest/doctest.h=doctest-dev' \
 	  '$(PYTHON) -c "import pytest"=python3-pytest' \
 	  '$(PYTHON) -c "import pytest_timeout"=python3-pytest-timeout' \
+	  '$(PYTHON) -c "import xdist"=python3-pytest-xdist' \
 	  'test -f /usr/include/event2/event.h=libevent-dev' \
 	  'command -v strace=strace'
 
@@ -117,7 +118,7 @@ $(BUILD)/demo/fd_set_overflow_fortified: tests/fd_set_overflow.cpp
 test: deps
 	$(MAKE) --no-print-directory all
 	$(MAKE) --no-print-directory unit
-	$(PYTEST) -q tests --impl solutions
+	$(PYTEST) -q -n 2 tests --impl solutions  # two workers: most tests wait on sockets, not CPU
 	$(MAKE) --no-print-directory starters-fail
 
 # An exercise whose starter already passes teaches nothing: each starter must fail its tests.
