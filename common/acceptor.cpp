@@ -46,6 +46,22 @@ Acceptor::Result Acceptor::accept_one(Fd* client) {
   }
 }
 
+void Acceptor::accept_all(const std::function<void(Fd)>& on_client) {
+  for (;;) {
+    Fd client;
+    switch (accept_one(&client)) {
+      case Result::kAccepted:
+        on_client(std::move(client));
+        break;
+      case Result::kRejected:  // out of fds: that client was turned away; try the next
+      case Result::kRetry:
+        break;
+      case Result::kEmpty:
+        return;
+    }
+  }
+}
+
 Acceptor::Result Acceptor::turn_one_away() {
   spare_.reset();
   Fd victim(accept_nonblocking(listener_.get()));

@@ -2,6 +2,8 @@
 // descriptors (EMFILE) without crashing or spinning.
 #pragma once
 
+#include <functional>
+
 #include "fd.h"
 
 class Acceptor {
@@ -23,6 +25,11 @@ class Acceptor {
   // (100% CPU). Instead we free the spare, accept the client into it, close it (the client sees
   // EOF), and take the spare back: the queue drains and the loop can sleep.
   Result accept_one(Fd* client);
+
+  // Calls accept_one until the queue is empty, handing each accepted client to on_client; clients
+  // turned away and retries are passed over. Level-triggered this saves a wakeup per queued client;
+  // edge-triggered it is a must, as clients left queued raise no new edge (lesson 05).
+  void accept_all(const std::function<void(Fd)>& on_client);
 
  private:
   Result turn_one_away();

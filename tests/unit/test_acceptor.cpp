@@ -69,3 +69,17 @@ TEST_CASE("acceptor_turns_away_every_queued_client_and_keeps_its_spare") {
     hog.clear();
   }
 }
+
+TEST_CASE("acceptor_accept_all_hands_over_every_queued_client_then_returns") {
+  std::string error;
+  Acceptor acceptor(listen_tcp("127.0.0.1", 0, true, &error));
+  int port = local_port(acceptor.listener());
+  Fd a = connect_loopback(port), b = connect_loopback(port), c = connect_loopback(port);
+  std::vector<Fd> accepted;
+  acceptor.accept_all([&accepted](Fd client) { accepted.push_back(std::move(client)); });
+  CHECK_MESSAGE(accepted.size() == 3, "every queued client should be taken in one call");
+  for (const Fd& client : accepted) CHECK((::fcntl(client.get(), F_GETFL) & O_NONBLOCK) != 0);
+  Fd late;
+  CHECK_MESSAGE(acceptor.accept_one(&late) == Acceptor::Result::kEmpty,
+                "accept_all returned before the queue was empty");
+}
