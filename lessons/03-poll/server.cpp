@@ -2,7 +2,6 @@
 // Still, every call hands the kernel the whole array and the kernel checks every entry: O(n).
 #include <poll.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -10,25 +9,19 @@
 
 #include "acceptor.h"
 #include "cli.h"
+#include "echo_conn.h"
 #include "fd.h"
 #include "log.h"
 #include "net.h"
-#include "out_buffer.h"
 #include "signals.h"
 
 namespace {
 
 const ServerSpec kSpec{"Lesson 03: echo server serving many clients with poll().", 7003, {}};
 
-// One read per readiness report; 64 KiB keeps the syscalls per byte low for bulk senders.
-constexpr size_t kReadChunk = 64 * 1024;
-
-// Everything the server knows about one client.
-struct Conn {
-  Fd fd;
-  OutputBuffer out;        // echo bytes the socket did not take yet
-  bool peer_done = false;  // read() returned 0: the client sends no more (it may still read)
-};
+// Everything the server knows about one client: its socket, the echo it owes, whether it has sent
+// FIN. It and the handlers that touch only it are in common/echo_conn.h (lesson 02 explains them).
+using Conn = EchoConn;
 
 // pollfds[i] and conns[i] are the same connection: poll() takes a dense array of fds, so the state
 // lives in a parallel array, and both stay dense (see remove_connection). Entry 0 is the listener;
@@ -37,49 +30,6 @@ struct Table {
   std::vector<pollfd> pollfds;
   std::vector<Conn> conns;
 };
-
-// Backpressure: a client whose echo piles up is not read until it drains, so memory stays bounded.
-bool wants_read(const Conn& conn) { return !conn.peer_done && !conn.out.over_high_water(); }
-// Only while output is pending: an idle socket is nearly always writable, so asking would wake
-// every wait at once.
-bool wants_write(const Conn& conn) { return !conn.out.empty(); }
-// The client sent FIN and has everything back: time to close.
-bool finished(const Conn& conn) { return conn.peer_done && conn.out.empty(); }
-
-// Sends data at once if nothing is queued ahead of it, and keeps what the socket refuses.
-// Returns false if the client is gone (EPIPE, ECONNRESET).
-bool echo_back(Conn& conn, const char* data, size_t size) {
-  size_t sent = 0;
-  if (conn.out.empty()) {  // queued bytes must leave first, or the echo would come back reordered
-    long n = write_some(conn.fd.get(), data, size);
-    if (n < 0 && errno != EAGAIN) return false;
-    sent = n < 0 ? 0 : static_cast<size_t>(n);
-  }
-  conn.out.append(data + sent, size - sent);
-  return true;
-}
-
-// Reads what has arrived and echoes it. Returns false if the connection failed.
-bool on_readable(Conn& conn) {
-  char buffer[kReadChunk];
-  ssize_t n;
-  do n = ::read(conn.fd.get(), buffer, sizeof buffer);
-  while (n < 0 && errno == EINTR);
-  if (n > 0) return echo_back(conn, buffer, static_cast<size_t>(n));
-  if (n == 0) {
-    conn.peer_done = true;  // FIN: stop reading; close once everything owed is sent
-    return true;
-  }
-  int error = errno;
-  if (error == EAGAIN) return true;  // readiness is a hint, not a promise (see select(2), BUGS)
-  chatter("read fd %d: %s", conn.fd.get(), std::strerror(error));
-  return false;
-}
-
-// Sends what is queued. Returns false if the client is gone.
-bool on_writable(Conn& conn) {
-  return conn.out.flush_to(conn.fd.get()) != OutputBuffer::Flush::kFailed;
-}
 
 // Appends a new connection to both arrays, at the same index. Any fd number will do: a pollfd
 // holds the number itself, where an fd_set has a bit at that position.
@@ -101,26 +51,14 @@ void remove_connection(Table& table, size_t index) {
 
 // Accepts every client waiting in the queue: one turn of the loop per client would be wasteful.
 void accept_clients(Acceptor& acceptor, Table& table) {
-  for (;;) {
-    Fd client;
-    switch (acceptor.accept_one(&client)) {
-      case Acceptor::Result::kAccepted:
-        add_connection(table, std::move(client));
-        break;
-      case Acceptor::Result::kRejected:  // out of fds: that client was turned away; try the next
-      case Acceptor::Result::kRetry:
-        break;
-      case Acceptor::Result::kEmpty:
-        return;
-    }
-  }
+  acceptor.accept_all([&table](Fd client) { add_connection(table, std::move(client)); });
 }
 
 // The events to ask poll() for on this connection, from what it wants now.
 short events_for(const Conn& conn) {
   // TODO(lesson 03): return POLLIN if wants_read(conn), plus POLLOUT if wants_write(conn).
   (void)conn;
-  (void)wants_read, (void)wants_write;  // given above, for you to call
+  (void)wants_read, (void)wants_write;  // given in echo_conn.h, for you to call
   return 0;
 }
 
@@ -131,7 +69,7 @@ void serve_ready(Table& table) {
   // POLLIN, then on_writable() if POLLOUT; remove_connection() if either failed or finished() (and
   // look at index i again), otherwise set pollfds[i].events = events_for(conn).
   (void)table;
-  (void)on_readable, (void)on_writable, (void)finished;  // given above, for you to call
+  (void)on_readable, (void)on_writable, (void)finished;  // given in echo_conn.h, for you to call
   (void)remove_connection;
   (void)events_for;
 }

@@ -2,7 +2,6 @@
 // of watched sockets, so each wait costs only the ready ones, and each event carries its Conn*.
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -10,10 +9,10 @@
 
 #include "acceptor.h"
 #include "cli.h"
+#include "echo_conn.h"
 #include "fd.h"
 #include "log.h"
 #include "net.h"
-#include "out_buffer.h"
 #include "signals.h"
 
 namespace {
@@ -21,17 +20,13 @@ namespace {
 const ServerSpec kSpec{"Lesson 04: echo server serving many clients with level-triggered epoll.",
                        7004, {}};
 
-// One read per readiness report; 64 KiB keeps the syscalls per byte low for bulk senders.
-constexpr size_t kReadChunk = 64 * 1024;
 // Events taken per epoll_wait: the length of our array, never the number of connections. The
 // kernel fills at most this many; the other ready sockets stay ready for the next call.
 constexpr int kMaxEvents = 256;
 
-// Everything the server knows about one client. epoll hands its address back in data.ptr.
-struct Conn {
-  Fd fd;
-  OutputBuffer out;        // echo bytes the socket did not take yet
-  bool peer_done = false;  // read() returned 0: the client sends no more (it may still read)
+// Everything the server knows about one client: lesson 02's EchoConn (common/echo_conn.h) and
+// its epoll registration. epoll hands its address back in data.ptr.
+struct Conn : EchoConn {
   uint32_t watching = 0;   // the events registered with epoll now: epoll_ctl only on a change
   std::list<Conn>::iterator self;  // where it sits in Table::conns, to unlink it in O(1)
 };
@@ -43,49 +38,6 @@ struct Table {
   std::list<Conn> conns;
   std::list<Conn> closed;  // closed during this batch of events, freed once the batch is done
 };
-
-// Backpressure: a client whose echo piles up is not read until it drains, so memory stays bounded.
-bool wants_read(const Conn& conn) { return !conn.peer_done && !conn.out.over_high_water(); }
-// Only while output is pending: an idle socket is nearly always writable, so asking would wake
-// every wait at once.
-bool wants_write(const Conn& conn) { return !conn.out.empty(); }
-// The client sent FIN and has everything back: time to close.
-bool finished(const Conn& conn) { return conn.peer_done && conn.out.empty(); }
-
-// Sends data at once if nothing is queued ahead of it, and keeps what the socket refuses.
-// Returns false if the client is gone (EPIPE, ECONNRESET).
-bool echo_back(Conn& conn, const char* data, size_t size) {
-  size_t sent = 0;
-  if (conn.out.empty()) {  // queued bytes must leave first, or the echo would come back reordered
-    long n = write_some(conn.fd.get(), data, size);
-    if (n < 0 && errno != EAGAIN) return false;
-    sent = n < 0 ? 0 : static_cast<size_t>(n);
-  }
-  conn.out.append(data + sent, size - sent);
-  return true;
-}
-
-// Reads what has arrived and echoes it. Returns false if the connection failed.
-bool on_readable(Conn& conn) {
-  char buffer[kReadChunk];
-  ssize_t n;
-  do n = ::read(conn.fd.get(), buffer, sizeof buffer);
-  while (n < 0 && errno == EINTR);
-  if (n > 0) return echo_back(conn, buffer, static_cast<size_t>(n));
-  if (n == 0) {
-    conn.peer_done = true;  // FIN: stop reading; close once everything owed is sent
-    return true;
-  }
-  int error = errno;
-  if (error == EAGAIN) return true;  // readiness is a hint, not a promise (see select(2), BUGS)
-  chatter("read fd %d: %s", conn.fd.get(), std::strerror(error));
-  return false;
-}
-
-// Sends what is queued. Returns false if the client is gone.
-bool on_writable(Conn& conn) {
-  return conn.out.flush_to(conn.fd.get()) != OutputBuffer::Flush::kFailed;
-}
 
 // Registers conn with epoll, once for its whole life: readable, with its address as the cookie
 // every event will carry. Returns false if epoll_ctl failed (ENOMEM, or ENOSPC: max_user_watches).
@@ -123,19 +75,7 @@ void remove_connection(Table& table, Conn& conn) {
 
 // Accepts every client waiting in the queue: one epoll_wait per client would be wasteful.
 void accept_clients(Acceptor& acceptor, Table& table) {
-  for (;;) {
-    Fd client;
-    switch (acceptor.accept_one(&client)) {
-      case Acceptor::Result::kAccepted:
-        add_connection(table, std::move(client));
-        break;
-      case Acceptor::Result::kRejected:  // out of fds: that client was turned away; try the next
-      case Acceptor::Result::kRetry:
-        break;
-      case Acceptor::Result::kEmpty:
-        return;
-    }
-  }
+  acceptor.accept_all([&table](Fd client) { add_connection(table, std::move(client)); });
 }
 
 // The events to ask epoll for on this connection, from what it wants now. Level-triggered like

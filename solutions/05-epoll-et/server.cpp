@@ -11,10 +11,10 @@
 
 #include "acceptor.h"
 #include "cli.h"
+#include "echo_conn.h"
 #include "fd.h"
 #include "log.h"
 #include "net.h"
-#include "out_buffer.h"
 #include "signals.h"
 
 namespace {
@@ -25,8 +25,6 @@ const ServerSpec kSpec{"Lesson 05: echo server serving many clients with edge-tr
                          "DELIBERATELY BROKEN, for the stall demonstration: one read per edge",
                          0}}};
 
-// One read per readiness report; 64 KiB keeps the syscalls per byte low for bulk senders.
-constexpr size_t kReadChunk = 64 * 1024;
 // Events taken per epoll_wait: the length of our array, never the number of connections. The
 // kernel fills at most this many; the other ready sockets stay ready for the next call.
 constexpr int kMaxEvents = 256;
@@ -34,11 +32,9 @@ constexpr int kMaxEvents = 256;
 // everyone else waiting; past this bound it goes to the back of Table::ready.
 constexpr int kReadsPerTurn = 4;
 
-// Everything the server knows about one client. epoll hands its address back in data.ptr.
-struct Conn {
-  Fd fd;
-  OutputBuffer out;        // echo bytes the socket did not take yet
-  bool peer_done = false;  // read() returned 0: the client sends no more (it may still read)
+// Everything the server knows about one client: lesson 02's EchoConn (common/echo_conn.h) and
+// what edge-triggering makes it remember. epoll hands its address back in data.ptr.
+struct Conn : EchoConn {
   // An edge said input is waiting and no read has found its end yet. Bytes already queued raise no
   // new edge, so after a read stopped early (fairness, backpressure) this flag is all that says so.
   bool readable = false;
@@ -59,28 +55,9 @@ struct Table {
   bool read_once = false;    // --et-read-once: the deliberate bug of the stall demonstration
 };
 
-// Backpressure: a client whose echo piles up is not read until it drains, so memory stays bounded.
-bool wants_read(const Conn& conn) { return !conn.peer_done && !conn.out.over_high_water(); }
-// EPOLLOUT comes with nearly every edge; it matters only while output is pending.
-bool wants_write(const Conn& conn) { return !conn.out.empty(); }
-// The client sent FIN and has everything back: time to close.
-bool finished(const Conn& conn) { return conn.peer_done && conn.out.empty(); }
 // Input may be waiting and backpressure allows reading it. Asked after every write too: that is
 // how reading resumes once output drains, with no new edge for the bytes that waited meanwhile.
 bool should_read(const Conn& conn) { return conn.readable && wants_read(conn); }
-
-// Sends data at once if nothing is queued ahead of it, and keeps what the socket refuses.
-// Returns false if the client is gone (EPIPE, ECONNRESET).
-bool echo_back(Conn& conn, const char* data, size_t size) {
-  size_t sent = 0;
-  if (conn.out.empty()) {  // queued bytes must leave first, or the echo would come back reordered
-    long n = write_some(conn.fd.get(), data, size);
-    if (n < 0 && errno != EAGAIN) return false;
-    sent = n < 0 ? 0 : static_cast<size_t>(n);
-  }
-  conn.out.append(data + sent, size - sent);
-  return true;
-}
 
 // Reads and echoes until the input is drained, or max_reads reads (fairness), or backpressure.
 // Edge-triggered: bytes left unread are not announced again, so conn.readable stays set until a
@@ -106,11 +83,6 @@ bool on_readable(Conn& conn, int max_reads) {
     }
   }
   return true;
-}
-
-// Sends what is queued. Returns false if the client is gone.
-bool on_writable(Conn& conn) {
-  return conn.out.flush_to(conn.fd.get()) != OutputBuffer::Flush::kFailed;
 }
 
 // Registers conn with epoll once for its whole life, for everything it will ever want, edge-
@@ -150,19 +122,7 @@ void remove_connection(Table& table, Conn& conn) {
 // Accepts every client waiting in the queue. Edge-triggered, this is a must: clients left in the
 // queue raise no new edge, and would wait until yet another client connects.
 void accept_clients(Acceptor& acceptor, Table& table) {
-  for (;;) {
-    Fd client;
-    switch (acceptor.accept_one(&client)) {
-      case Acceptor::Result::kAccepted:
-        add_connection(table, std::move(client));
-        break;
-      case Acceptor::Result::kRejected:  // out of fds: that client was turned away; try the next
-      case Acceptor::Result::kRetry:
-        break;
-      case Acceptor::Result::kEmpty:
-        return;
-    }
-  }
+  acceptor.accept_all([&table](Fd client) { add_connection(table, std::move(client)); });
 }
 
 // Serves one connection: an event epoll reported (events), or its turn from Table::ready (events
@@ -173,6 +133,7 @@ void serve_ready(Table& table, Conn& conn, uint32_t events) {
   if (events & (EPOLLIN | EPOLLRDHUP | EPOLLPRI | EPOLLERR | EPOLLHUP)) conn.readable = true;
   if (events & (EPOLLRDHUP | EPOLLPRI | EPOLLERR | EPOLLHUP)) conn.read_to_eagain = true;
   bool ok = true;
+  // EPOLLOUT comes with nearly every edge; it matters only while output is pending.
   if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) && wants_write(conn)) ok = on_writable(conn);
   if (ok && should_read(conn)) ok = on_readable(conn, table.read_once ? 1 : kReadsPerTurn);
   if (table.read_once) conn.readable = false;  // the deliberate bug: forget what is left unread
