@@ -28,7 +28,7 @@ endif
 # The Python that has pytest: python3 on PATH may be a separate interpreter (pyenv, venv) that
 # does not see Debian's python3-pytest; /usr/bin/python3 does once the package is installed.
 PYTHON ?= $(or $(firstword $(foreach p,python3 /usr/bin/python3,$(shell $(p) -c 'import pytest, pytest_timeout, xdist' 2>/dev/null && command -v $(p)))),/usr/bin/python3)
-PYTEST = $(PYTHON) -m pytest -p no:cacheprovider --timeout=180 --build-dir=$(BUILD)
+PYTEST = $(PYTHON) -m pytest -p no:cacheprovider --timeout=180 --build-dir=$(BUILD) $(if $(SAN),--sanitized)
 
 LESSON_DIRS := $(sort $(wildcard lessons/[0-9][0-9]-*))
 LESSONS := $(foreach d,$(LESSON_DIRS),$(firstword $(subst -, ,$(notdir $(d)))))

@@ -85,7 +85,7 @@ def test_idle_connections_cost_no_cpu(server):
         close_all(socks)
 
 
-def test_holds_its_capacity_of_concurrent_connections_all_echoing(server, lesson):
+def test_holds_its_capacity_of_concurrent_connections_all_echoing(server, lesson, memory_is_the_servers_own):
     count = CAPACITY.get(lesson, EPOLL_CAPACITY)
     rss_before = server.rss_kib()
     socks = open_many(server.address, count)
@@ -94,7 +94,7 @@ def test_holds_its_capacity_of_concurrent_connections_all_echoing(server, lesson
         assert not problems, f"{len(problems)} of {count} concurrent connections failed to echo; first: {problems[0]}"
         per_connection = (server.rss_kib() - rss_before) * 1024 / count
         print(f"lesson {lesson}: {count} connections, {per_connection:.0f} bytes of RSS per idle connection")
-        assert per_connection < 2048, (
+        assert per_connection < 2048 or not memory_is_the_servers_own, (
             f"each idle connection costs {per_connection:.0f} bytes of server memory; no buffer should exist "
             f"until a connection has unsent data")
     finally:
