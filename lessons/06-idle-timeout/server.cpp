@@ -228,19 +228,7 @@ void Connection::close(const char* why) {
 // Accepts every client waiting in the queue. Edge-triggered, this is a must: clients left in the
 // queue raise no new edge, and would wait until yet another client connects.
 void Listener::on_events(uint32_t) {
-  for (;;) {
-    Fd client;
-    switch (acceptor_.accept_one(&client)) {
-      case Acceptor::Result::kAccepted:
-        reactor_.add_connection(std::move(client));
-        break;
-      case Acceptor::Result::kRejected:  // out of fds: that client was turned away; try the next
-      case Acceptor::Result::kRetry:
-        break;
-      case Acceptor::Result::kEmpty:
-        return;
-    }
-  }
+  acceptor_.accept_all([this](Fd client) { reactor_.add_connection(std::move(client)); });
 }
 
 Reactor::Reactor(Timers::Duration idle_timeout)
