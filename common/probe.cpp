@@ -111,6 +111,21 @@ int bytes_waiting(int fd) {
   return count;
 }
 
+std::string read_available(int fd) {
+  std::string all;
+  char chunk[64 * 1024];
+  for (ssize_t n; (n = ::read(fd, chunk, sizeof chunk)) > 0;) {
+    all.append(chunk, static_cast<size_t>(n));
+  }
+  return all;
+}
+
+std::string byte_pattern(size_t size) {
+  std::string bytes(size, '\0');
+  for (size_t i = 0; i < size; ++i) bytes[i] = static_cast<char>(i * 7 + i / 251);
+  return bytes;
+}
+
 Fd make_epoll() { return Fd(checked(::epoll_create1(EPOLL_CLOEXEC), "epoll_create1")); }
 
 void watch(int epfd, int fd, uint32_t events) {

@@ -52,6 +52,10 @@ ssize_t write_text(int fd, std::string_view text);
 ssize_t read_count(int fd, size_t max = 64 * 1024);
 // Bytes waiting to be read (FIONREAD).
 int bytes_waiting(int fd);
+// Everything a non-blocking fd has to read now (reads until EAGAIN or EOF).
+std::string read_available(int fd);
+// size bytes that do not repeat every 256, so a test sees bytes reordered, lost or duplicated.
+std::string byte_pattern(size_t size);
 
 Fd make_epoll();
 // EPOLL_CTL_ADD with data.fd = fd.

@@ -3,9 +3,7 @@
 #include <doctest/doctest.h>
 #include <poll.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
-#include <cerrno>
 #include <string>
 
 #include "echo_conn.h"
@@ -23,19 +21,6 @@ struct Client {
   int far() const { return pair.far.get(); }
   Client() { conn.fd = std::move(pair.near); }
 };
-
-std::string read_available(int fd) {
-  std::string all;
-  char chunk[65536];
-  for (ssize_t n; (n = ::read(fd, chunk, sizeof chunk)) > 0;) all.append(chunk, static_cast<size_t>(n));
-  return all;
-}
-
-std::string pattern(size_t size) {
-  std::string text(size, '\0');
-  for (size_t i = 0; i < size; ++i) text[i] = static_cast<char>(i * 7 + i / 251);
-  return text;
-}
 }  // namespace
 
 TEST_CASE("echo_conn_on_readable_echoes_what_arrived_without_buffering_it") {
@@ -51,7 +36,7 @@ TEST_CASE("echo_conn_on_readable_echoes_what_arrived_without_buffering_it") {
 
 TEST_CASE("echo_conn_echo_back_keeps_order_when_output_is_queued") {
   Client client;
-  std::string bulk = pattern(4 << 20);  // far more than the socket buffer holds
+  std::string bulk = byte_pattern(4 << 20);  // far more than the socket buffer holds
   CHECK(echo_back(client.conn, bulk.data(), bulk.size()));
   REQUIRE_MESSAGE(!client.conn.out.empty(), "the socket should have refused part of 4 MiB");
   CHECK(wants_write(client.conn));

@@ -7,6 +7,7 @@
 
 #include "fd.h"
 #include "out_buffer.h"
+#include "probe.h"
 
 namespace {
 struct SocketPair {
@@ -18,19 +19,6 @@ struct SocketPair {
     theirs.reset(fds[1]);
   }
 };
-
-std::string read_everything(int fd) {
-  std::string all;
-  char chunk[65536];
-  for (ssize_t n; (n = ::read(fd, chunk, sizeof chunk)) > 0;) all.append(chunk, static_cast<size_t>(n));
-  return all;
-}
-
-std::string pattern(size_t size) {
-  std::string text(size, '\0');
-  for (size_t i = 0; i < size; ++i) text[i] = static_cast<char>(i * 7 + i / 251);
-  return text;
-}
 }  // namespace
 
 TEST_CASE("out_buffer_empty_flush_is_done") {
@@ -43,14 +31,14 @@ TEST_CASE("out_buffer_empty_flush_is_done") {
 TEST_CASE("out_buffer_keeps_what_a_full_socket_refuses_and_delivers_it_in_order") {
   SocketPair pair;
   OutputBuffer buffer;
-  std::string data = pattern(4 << 20);  // far more than a socket buffer holds
+  std::string data = byte_pattern(4 << 20);  // far more than a socket buffer holds
   buffer.append(data.data(), data.size());
   CHECK(buffer.flush_to(pair.ours.get()) == OutputBuffer::Flush::kBlocked);
   CHECK(buffer.pending() > 0);
   CHECK(buffer.over_high_water());
   std::string received;
   for (int rounds = 0; rounds < 10000 && received.size() < data.size(); ++rounds) {
-    received += read_everything(pair.theirs.get());
+    received += read_available(pair.theirs.get());
     buffer.flush_to(pair.ours.get());
   }
   CHECK(buffer.empty());
