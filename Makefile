@@ -173,7 +173,7 @@ bench bench-quick:
 SOAK_SECONDS ?= 10
 SOAK_LESSONS := $(filter-out 01 08,$(LESSONS))
 soak: deps
-	@$(MAKE) --no-print-directory $(SOAK_LESSONS) IMPL=$(MEASURED_IMPL)
+	@$(MAKE) --no-print-directory -s $(SOAK_LESSONS) IMPL=$(MEASURED_IMPL)
 	$(PYTHON) clients/soak.py $(foreach n,$(SOAK_LESSONS),$(BUILD)/$(MEASURED_IMPL)/$(n)/server) --seconds $(SOAK_SECONDS)
 
 # For editors (clangd): records every compile command of a full rebuild.
