@@ -116,7 +116,7 @@ $(BUILD)/demo/fd_set_overflow_fortified: tests/fd_set_overflow.cpp
 
 # The suite CI runs. Solutions must pass everything; every starter must compile and fail.
 test: deps
-	$(MAKE) --no-print-directory all
+	$(MAKE) --no-print-directory -j$(shell nproc) all
 	$(MAKE) --no-print-directory unit
 	$(PYTEST) -q -n 2 tests --impl solutions  # two workers: most tests wait on sockets, not CPU
 	$(MAKE) --no-print-directory starters-fail
