@@ -1,5 +1,5 @@
 // Lesson 08: eleven popular claims about epoll and seven bugs from tutorial programs, each one
-// a test on the running kernel. Your part: the predictions marked TODO(lesson 08); tests are given.
+// a test on the running kernel. Your part: the predictions, each marked as a TODO of lesson 08.
 //
 // Each TEST_CASE builds the smallest situation that shows one fact and compares what the kernel
 // does with your prediction: the constants just above it. When they differ, the message says why.
