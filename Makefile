@@ -83,7 +83,8 @@ help:
 	@echo "  make progress              which of your lessons pass, and which is next"
 	@echo "  make test                  the repository's suite: build all, unit tests, solutions, starters"
 	@echo "  make test SAN=1            the same under AddressSanitizer and UBSan"
-	@echo "  make soak | make bench     the long runs (minutes), not part of make test"
+	@echo "  make soak, make bench      the long runs (minutes), not part of make test; make bench-quick (1 min)"
+	@echo "  make loadgen               lesson 07's load generator: build/clients/loadgen --help"
 	@echo "  make compile_commands.json for clangd and other editors"
 
 $(LESSONS): %: $$(BUILD)/$$(IMPL)/%/$$(call BIN_NAME,%)
