@@ -78,6 +78,9 @@ def test_a_burst_larger_than_one_turn_comes_back_whole_with_no_further_edge(serv
                 f"{len(echoed)} came back. {advice}")
             if fitted:
                 break  # the deterministic case happened; on a loaded machine the window may stay smaller
+    if not fitted:
+        pytest.skip("the burst never fitted in the server's receive window while it was stopped, so the "
+                    "echo above proves only that streams work, not the ready list")
 
 
 def test_data_and_fin_arriving_together_are_both_seen(server):
@@ -136,6 +139,9 @@ def test_a_ping_pong_message_costs_at_most_two_reads(server):
     # Reading to EAGAIN costs two reads per message (the data, then EAGAIN); the solution needs one,
     # because a short read of a TCP socket took everything queued and later bytes raise a new edge
     # (it reads on only after EPOLLRDHUP or EPOLLPRI). `make bench` shows the difference.
+    assert reads >= ROUND_TRIPS, (
+        f"{ROUND_TRIPS} round trips counted only {reads} read() calls: /proc/PID/io counts read() and "
+        f"readv(), not recv(); read the socket with read() so this test can see the server's reads")
     assert reads <= 2 * ROUND_TRIPS + SLACK, (
         f"{ROUND_TRIPS} round trips cost the server {reads} read() calls: more than the data read plus "
         f"one read that returns EAGAIN per message. Is it reading in small pieces, or looping after EAGAIN?")

@@ -71,8 +71,14 @@ def test_client_sending_a_byte_every_third_of_the_timeout_is_never_closed(start_
         quiet_since = time.monotonic()
         idle_closed_at = None
         while time.monotonic() - quiet_since < 4 * TIMEOUT:
-            # Pace the active client by waiting a third of the timeout for the idle one to close.
-            idle_closed_at = idle_closed_at or wait_for_close(idle, TIMEOUT / 3)
+            # Pace the active client by waiting a third of the timeout for the idle one to close;
+            # once it has, the active client itself is what must stay open for that long.
+            if idle_closed_at is None:
+                idle_closed_at = wait_for_close(idle, TIMEOUT / 3)
+            else:
+                assert wait_for_close(active, TIMEOUT / 3) is None, (
+                    f"the active client was closed {time.monotonic() - quiet_since:.2f} s in, though its "
+                    f"last byte was under {TIMEOUT / 3:.2f} s ago")
             try:
                 echo = round_trip(active, b"!")
             except (AssertionError, OSError) as error:

@@ -55,8 +55,10 @@ void add_connection(Table& table, Fd client) {
   Conn& conn = table.conns.emplace_front();
   conn.self = table.conns.begin();
   conn.fd = std::move(client);
+  errno = 0;  // a watch_connection that fails without calling epoll_ctl leaves no reason
   if (!watch_connection(table.epoll.get(), conn)) {
-    warn("epoll_ctl(ADD) fd %d: %s; closing that connection", conn.fd.get(), std::strerror(errno));
+    warn("epoll_ctl(ADD) fd %d: %s; closing that connection", conn.fd.get(),
+         errno != 0 ? std::strerror(errno) : "not called (is watch_connection's TODO filled in?)");
     table.conns.erase(conn.self);  // the Fd closes the socket; the client sees EOF
     return;
   }
