@@ -72,17 +72,28 @@ class Server:
     def fd_count(self):
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
-    def rss_kib(self):
+    def status_field(self, name):
+        """A number from /proc/PID/status: VmRSS (KiB), voluntary_ctxt_switches (times it slept)."""
         with open(f"/proc/{self.pid}/status") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
+                if line.startswith(name + ":"):
                     return int(line.split()[1])
-        return 0
+        raise LookupError(f"/proc/{self.pid}/status has no {name} line")
+
+    def rss_kib(self):
+        return self.status_field("VmRSS")
 
     def cpu_seconds(self):
         with open(f"/proc/{self.pid}/stat") as stat:
             fields = stat.read().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    def cpu_per_second(self, seconds=1.0):
+        """The CPU seconds the server uses per second over the next `seconds`: about 0 when it
+        sleeps in its wait, about 1 when it spins."""
+        cpu_before, start = self.cpu_seconds(), time.monotonic()
+        time.sleep(seconds)  # the measurement interval itself, not a wait for an event
+        return (self.cpu_seconds() - cpu_before) / (time.monotonic() - start)
 
     def wait_for_fds(self, expected, timeout=FD_SETTLE_TIMEOUT):
         """Waits until the server holds `expected` descriptors; returns the last count seen."""

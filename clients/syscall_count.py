@@ -36,6 +36,23 @@ def reads_made_by(pid):
     raise LookupError(f"/proc/{pid}/io has no syscr line")
 
 
+def reads_per_ping_pong(server, round_trips, size=64):
+    """The read() calls the server makes while one client does `round_trips` round trips of `size`
+    bytes. AssertionError if it counted fewer reads than messages: syscr sees read() and readv()
+    but not recv(), so a server reading with recv() cannot be measured this way."""
+    with connect(*server.address) as sock:
+        assert round_trip(sock, b"warm up") == b"warm up"
+        before = reads_made_by(server.pid)
+        for index in range(round_trips):
+            message = b"%0*d" % (size, index)
+            assert round_trip(sock, message) == message, "the echo differs from what was sent"
+        reads = reads_made_by(server.pid) - before
+    assert reads >= round_trips, (
+        f"{round_trips} round trips counted only {reads} read() calls: /proc/PID/io counts read() and "
+        f"readv(), not recv(); read the socket with read() so this test can see the server's reads")
+    return reads
+
+
 def parse_summary(text):
     """{syscall: calls} from the table `strace -c` prints."""
     counts = {}

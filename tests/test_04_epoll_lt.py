@@ -3,12 +3,11 @@ a ping-pong message costs one read and one send and no epoll_ctl; EPOLLOUT is ar
 output is pending, because level triggering reports a socket with room on every wait."""
 
 import random
-import time
 
 import pytest
 
 from clients.echo_client import connect, recv_exactly, round_trip, send_until_stalled
-from clients.syscall_count import StraceUnavailable, count_syscalls, ping_pong, reads_made_by
+from clients.syscall_count import StraceUnavailable, count_syscalls, ping_pong, reads_per_ping_pong
 from conftest import binary_path
 
 LESSONS = ["04"]
@@ -27,9 +26,7 @@ def test_epollout_is_disarmed_once_backed_up_output_drains(server):
         sent = send_until_stalled(sock, data)
         assert sent < len(data), "the server took 16 MiB without the client reading: no backpressure?"
         assert recv_exactly(sock, sent) == data[:sent], "every byte sent should come back, in order"
-        cpu_before, start = server.cpu_seconds(), time.monotonic()
-        time.sleep(1.0)  # the measurement interval itself, not a wait for an event
-        cpu_per_second = (server.cpu_seconds() - cpu_before) / (time.monotonic() - start)
+        cpu_per_second = server.cpu_per_second()
         assert cpu_per_second < 0.1, (
             f"idle after its output drained, the server used {cpu_per_second:.2f} s of CPU per second. "
             f"Its socket has room again, so a level-triggered EPOLLOUT still armed is reported by every "
@@ -39,15 +36,7 @@ def test_epollout_is_disarmed_once_backed_up_output_drains(server):
 
 
 def test_a_ping_pong_message_costs_one_read(server):
-    with connect(*server.address) as sock:
-        assert round_trip(sock, b"warm up") == b"warm up"
-        before = reads_made_by(server.pid)
-        for index in range(ROUND_TRIPS):
-            assert round_trip(sock, b"%064d" % index) == b"%064d" % index
-        reads = reads_made_by(server.pid) - before
-    assert reads >= ROUND_TRIPS, (
-        f"{ROUND_TRIPS} round trips counted only {reads} read() calls: /proc/PID/io counts read() and "
-        f"readv(), not recv(); read the socket with read() so this test can see the server's reads")
+    reads = reads_per_ping_pong(server, ROUND_TRIPS)
     assert reads <= ROUND_TRIPS + SLACK, (
         f"{ROUND_TRIPS} round trips cost the server {reads} read() calls; one per message is enough: "
         f"level-triggered, a socket with more to read is simply reported again")

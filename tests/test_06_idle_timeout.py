@@ -112,15 +112,6 @@ def test_2000_idle_clients_are_all_closed_near_their_deadlines(start_server, les
         f"per wakeup falls further behind the more connections it has")
 
 
-def voluntary_context_switches(pid):
-    """How many times the process went to sleep (blocked) so far: one per epoll_wait that waits."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("voluntary_ctxt_switches:"):
-                return int(line.split()[1])
-    return 0
-
-
 def test_1000_idle_connections_with_a_long_timeout_cost_no_cpu_and_no_wakeups(start_server, lesson):
     server = start_with_timeout(start_server, lesson, 60)
     socks = open_many(server.address, 1000)
@@ -129,12 +120,12 @@ def test_1000_idle_connections_with_a_long_timeout_cost_no_cpu_and_no_wakeups(st
         accepted = settled - server.baseline_fds
         assert accepted == 1000, f"the server accepted {accepted} of 1000 connections"
         assert round_trip(socks[-1], b"x") == b"x"  # the last event; from here on nothing happens
-        cpu_before, wakeups_before = server.cpu_seconds(), voluntary_context_switches(server.pid)
+        cpu_before, wakeups_before = server.cpu_seconds(), server.status_field("voluntary_ctxt_switches")
         start = time.monotonic()
         time.sleep(2.0)  # the measurement interval itself, not a wait for an event
         seconds = time.monotonic() - start
         cpu = server.cpu_seconds() - cpu_before
-        wakeups = voluntary_context_switches(server.pid) - wakeups_before
+        wakeups = server.status_field("voluntary_ctxt_switches") - wakeups_before
     finally:
         close_all(socks)
     print(f"1000 idle connections, --idle-timeout 60: {wakeups} wakeups, "
