@@ -9,6 +9,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "log.h"
+
 namespace {
 
 constexpr double kMaxSeconds = 1e6;  // far beyond any sensible timeout; keeps ms in range
@@ -142,5 +144,6 @@ Options parse_or_exit(int argc, char** argv, const ServerSpec& spec) {
     case ParseOutcome::Action::kRun:
       break;
   }
+  set_quiet(outcome.options.quiet);
   return outcome.options;
 }

@@ -41,5 +41,6 @@ ParseOutcome parse_options(const std::vector<std::string>& args, const ServerSpe
 
 std::string usage_text(const std::string& program, const ServerSpec& spec);
 
-// --help prints usage and exits 0; a usage error prints one line to stderr and exits 2.
+// For a server's main: --help prints usage and exits 0; a usage error prints one line to stderr
+// and exits 2; otherwise applies --quiet (set_quiet) and returns the options.
 Options parse_or_exit(int argc, char** argv, const ServerSpec& spec);

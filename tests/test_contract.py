@@ -88,6 +88,16 @@ def test_client_vanishing_before_reading_does_not_kill_server(server):
         assert round_trip(sock, b"ok") == b"ok", "clients that vanished must not stop the server"
 
 
+def test_quiet_server_says_nothing_about_its_connections(server):
+    for index in range(3):
+        with connect(*server.address) as sock:
+            assert round_trip(sock, b"shh") == b"shh"
+    server.wait_for_fds(server.baseline_fds)  # every connection closed on the server's side too
+    assert server.stderr() == "", (
+        f"started with --quiet, the server should print no per-connection messages; it printed "
+        f"{server.stderr()!r}")
+
+
 def test_200_connect_close_cycles_leak_no_descriptors(server):
     for index in range(200):
         with connect(*server.address) as sock:

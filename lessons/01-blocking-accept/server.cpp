@@ -55,8 +55,7 @@ void serve_client(int fd) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Options options = parse_or_exit(argc, argv, kSpec);
-  set_quiet(options.quiet);
+  Options options = parse_or_exit(argc, argv, kSpec);  // also applies --quiet
   // SIGINT/SIGTERM end the process at once (see common/signals.h for why a blocking server
   // cannot do better); the kernel closes the listener and the client's connection.
   install_signal_handlers(OnStop::kExitAtOnce);

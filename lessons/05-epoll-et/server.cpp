@@ -212,8 +212,7 @@ int run(Acceptor& acceptor, Fd epoll, bool read_once, const sigset_t* wait_mask)
 }  // namespace
 
 int main(int argc, char** argv) {
-  Options options = parse_or_exit(argc, argv, kSpec);
-  set_quiet(options.quiet);
+  Options options = parse_or_exit(argc, argv, kSpec);  // also applies --quiet
   install_signal_handlers();
   const sigset_t* wait_mask = block_stop_signals();
   Acceptor acceptor(listen_or_exit(options.host, options.port, /*nonblocking=*/true));

@@ -154,8 +154,7 @@ void set_up(Server& server, const Options& options) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Options options = parse_or_exit(argc, argv, kSpec);
-  set_quiet(options.quiet);
+  Options options = parse_or_exit(argc, argv, kSpec);  // also applies --quiet
   // libevent writes with writev(), not send(MSG_NOSIGNAL): a vanished peer would raise SIGPIPE.
   std::signal(SIGPIPE, SIG_IGN);
   Server server;

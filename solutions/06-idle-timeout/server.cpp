@@ -327,8 +327,7 @@ int Reactor::run(const sigset_t* wait_mask) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Options options = parse_or_exit(argc, argv, kSpec);
-  set_quiet(options.quiet);
+  Options options = parse_or_exit(argc, argv, kSpec);  // also applies --quiet
   install_signal_handlers();
   const sigset_t* wait_mask = block_stop_signals();
   std::chrono::duration<double> idle_timeout(options.numbers["--idle-timeout"]);
