@@ -13,31 +13,44 @@ SHELL := /bin/bash
 
 IMPL ?= lessons
 SAN ?=
-BUILD := build$(if $(SAN),-san)
+TSAN ?=
+BUILD := build$(if $(SAN),-san)$(if $(TSAN),-tsan)
 
 CXX ?= g++
-CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -O2 -g -MMD -MP -Icommon
-LDFLAGS :=
+CXXFLAGS := -std=c++20 -Wall -Wextra -Werror -O2 -g -MMD -MP -Icommon -pthread
+LDFLAGS := -pthread
 ifneq ($(SAN),)
   # Any sanitizer report aborts the process, so the test that caused it fails.
   # vptr checks are off: doctest's own ContextScope trips a false positive with g++ 12.
   CXXFLAGS += -O1 -fsanitize=address,undefined -fno-sanitize=vptr -fno-omit-frame-pointer -fno-sanitize-recover=all
   LDFLAGS += -fsanitize=address,undefined
 endif
+ifneq ($(TSAN),)
+  # ThreadSanitizer for the lessons with threads (09, 10): a data race report fails the test
+  # (halt_on_error, set by the test harness through TSAN_OPTIONS).
+  CXXFLAGS += -O1 -fsanitize=thread -fno-omit-frame-pointer
+  LDFLAGS += -fsanitize=thread
+endif
 
-# The Python that has pytest: python3 on PATH may be a separate interpreter (pyenv, venv) that
-# does not see Debian's python3-pytest; /usr/bin/python3 does once the package is installed.
-PYTHON ?= $(or $(firstword $(foreach p,python3 /usr/bin/python3,$(shell $(p) -c 'import pytest, pytest_timeout, xdist' 2>/dev/null && command -v $(p)))),/usr/bin/python3)
-PYTEST = $(PYTHON) -m pytest -p no:cacheprovider --timeout=180 --build-dir=$(BUILD) $(if $(SAN),--sanitized)
+# The Python that sees every module tools/debian-packages.txt provides: python3 on PATH may be a
+# separate interpreter (pyenv, venv) that does not see Debian's packages; /usr/bin/python3 does.
+PYTHON ?= $(shell tools/need-packages --python)
+# A test that hangs fails after TEST_TIMEOUT seconds, with the stack it hung in. The slowest test
+# takes about 6 s here; the sanitizers slow the servers several times.
+TEST_TIMEOUT ?= $(if $(SAN)$(TSAN),180,60)
+PYTEST = $(PYTHON) -m pytest -p no:cacheprovider --timeout=$(TEST_TIMEOUT) --build-dir=$(BUILD) $(if $(SAN)$(TSAN),--sanitized)
 
 LESSON_DIRS := $(sort $(wildcard lessons/[0-9][0-9]-*))
 LESSONS := $(foreach d,$(LESSON_DIRS),$(firstword $(subst -, ,$(notdir $(d)))))
-IMPLS := lessons solutions
+# IMPL may also be a copy of solutions/ elsewhere (the mistake catalogue builds such copies).
+IMPLS := lessons solutions $(filter-out lessons solutions,$(IMPL))
 
 # Every lesson builds one program: `server`, except where a lesson says otherwise here.
 BIN_NAME = $(or $(BIN_NAME_$(1)),server)
 BIN_NAME_08 := facts
+CXXFLAGS_08 = $(TEST_CXXFLAGS)  # lesson 08 is a doctest program: compiled like the tests
 LDLIBS_07 := -levent
+LDLIBS_11 := -luring
 
 COMMON_SRCS := $(wildcard common/*.cpp)
 COMMON_OBJS := $(patsubst common/%.cpp,$(BUILD)/common/%.o,$(COMMON_SRCS))
@@ -46,34 +59,48 @@ $(BUILD)/common/%.o: common/%.cpp
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) -c -o $@ $<
 
+# A lesson may build on an earlier lesson's code of the same implementation: USES_09 := 06 adds
+# -I<impl>/06-*/ and links <impl>/06-*/*.cpp except server.cpp, so lesson 09 runs on the learner's
+# own lesson 06 (IMPL=lessons) or on the reference (IMPL=solutions).
+USES_09 := 06
+
 # lesson_rules(impl, NN): how build/<impl>/NN/<bin> is made from <impl>/NN-*/*.cpp.
 define lesson_rules
 $(1)_$(2)_DIR := $(wildcard $(1)/$(2)-*)
 $(1)_$(2)_OBJS := $$(patsubst $$($(1)_$(2)_DIR)/%.cpp,$(BUILD)/$(1)/$(2)/obj/%.o,$$(wildcard $$($(1)_$(2)_DIR)/*.cpp))
-$(BUILD)/$(1)/$(2)/$(call BIN_NAME,$(2)): $$($(1)_$(2)_OBJS) $(COMMON_OBJS)
+$(1)_$(2)_USED_OBJS := $$(foreach u,$(USES_$(2)),$$(filter-out %/obj/server.o,$$($(1)_$$(u)_OBJS)))
+$(1)_$(2)_USED_INCLUDES := $$(foreach u,$(USES_$(2)),-I$$($(1)_$$(u)_DIR))
+$(BUILD)/$(1)/$(2)/$(call BIN_NAME,$(2)): $$($(1)_$(2)_OBJS) $$($(1)_$(2)_USED_OBJS) $(COMMON_OBJS)
+	@mkdir -p $$(@D)
 	$$(CXX) $$(LDFLAGS) -o $$@ $$^ $(LDLIBS_$(2))
 $(BUILD)/$(1)/$(2)/obj/%.o: $$($(1)_$(2)_DIR)/%.cpp
 	@mkdir -p $$(@D)
-	$$(CXX) $$(CXXFLAGS) -I$$($(1)_$(2)_DIR) -c -o $$@ $$<
+	$$(CXX) $$(or $$(CXXFLAGS_$(2)),$$(CXXFLAGS)) -I$$($(1)_$(2)_DIR) $$($(1)_$(2)_USED_INCLUDES) -c -o $$@ $$<
 BINARIES_$(1) += $(BUILD)/$(1)/$(2)/$(call BIN_NAME,$(2))
 endef
 $(foreach impl,$(IMPLS),$(foreach n,$(LESSONS),$(eval $(call lesson_rules,$(impl),$(n)))))
 
-# Unit tests: tests/unit/*.cpp with one doctest main, built against the chosen implementation
-# (lesson-specific headers are included as "NN-slug/file.h").
-UNIT_SRCS := $(wildcard tests/unit/*.cpp)
-$(foreach impl,$(IMPLS),$(eval UNIT_OBJS_$(impl) := $(patsubst tests/unit/%.cpp,$(BUILD)/$(impl)/unit/%.o,$(UNIT_SRCS))))
-$(BUILD)/%/unit/unit_tests: $$(UNIT_OBJS_$$*) $(COMMON_OBJS)
-	$(CXX) $(LDFLAGS) -o $@ $^
-$(BUILD)/lessons/unit/%.o: tests/unit/%.cpp
+# Unit tests: tests/unit/*.cpp with one doctest main. The tests of common/ are the same for every
+# implementation and are built once; a lesson's own (test_NN_*.cpp) includes "NN-slug/file.h" of
+# the chosen implementation. Test code is compiled without optimisation: it runs for a second and
+# compiles in half the time (doctest's assertions are heavy templates).
+TEST_CXXFLAGS = $(filter-out -O2,$(CXXFLAGS)) $(if $(SAN)$(TSAN),,-O0)
+UNIT_LESSON_SRCS := $(wildcard tests/unit/test_[0-9][0-9]_*.cpp)
+UNIT_SHARED_OBJS := $(patsubst tests/unit/%.cpp,$(BUILD)/unit/%.o,$(filter-out $(UNIT_LESSON_SRCS),$(wildcard tests/unit/*.cpp)))
+$(BUILD)/unit/%.o: tests/unit/%.cpp
 	@mkdir -p $(@D)
-	$(CXX) $(CXXFLAGS) -Ilessons -c -o $@ $<
-$(BUILD)/solutions/unit/%.o: tests/unit/%.cpp
-	@mkdir -p $(@D)
-	$(CXX) $(CXXFLAGS) -Isolutions -c -o $@ $<
+	$(CXX) $(TEST_CXXFLAGS) -c -o $@ $<
+define unit_rules
+$(BUILD)/$(1)/unit/unit_tests: $(patsubst tests/unit/%.cpp,$(BUILD)/$(1)/unit/%.o,$(UNIT_LESSON_SRCS)) $(UNIT_SHARED_OBJS) $(COMMON_OBJS)
+	$$(CXX) $$(LDFLAGS) -o $$@ $$^
+$(BUILD)/$(1)/unit/%.o: tests/unit/%.cpp
+	@mkdir -p $$(@D)
+	$$(CXX) $$(TEST_CXXFLAGS) -I$(1) -c -o $$@ $$<
+endef
+$(foreach impl,$(IMPLS),$(eval $(call unit_rules,$(impl))))
 
-.PHONY: help all deps test unit starters-fail progress clean bench soak $(LESSONS)
-.PHONY: $(addprefix check-,$(LESSONS)) $(addprefix run-,$(LESSONS))
+.PHONY: help all deps test unit starters-fail progress clean bench soak fresh-machine mistakes $(LESSONS)
+.PHONY: $(addprefix check-,$(LESSONS)) $(addprefix run-,$(LESSONS)) $(addprefix starter-fails-,$(LESSONS))
 
 help:
 	@echo "Lessons: $(LESSONS)"
@@ -86,19 +113,16 @@ help:
 	@echo "  make soak, make bench      the long runs (minutes), not part of make test; make bench-quick (1 min)"
 	@echo "  make loadgen               lesson 07's load generator: build/clients/loadgen --help"
 	@echo "  make compile_commands.json for clangd and other editors"
+	@echo "  make mistakes              the catalogue of typical mistakes, each proven caught (minutes)"
+	@echo "  make fresh-machine         git clone to a green make test in a clean Debian 12 chroot (root)"
 
 $(LESSONS): %: $$(BUILD)/$$(IMPL)/%/$$(call BIN_NAME,%)
 
 all: $(BINARIES_lessons) $(BINARIES_solutions) $(BUILD)/solutions/unit/unit_tests $(BUILD)/lessons/unit/unit_tests
 
+# What every build and test needs from Debian: the deps rows of tools/debian-packages.txt.
 deps:
-	@tools/need-packages 'command -v g++=g++' \
-	  'test -f /usr/include/doctest/doctest.h=doctest-dev' \
-	  '$(PYTHON) -c "import pytest"=python3-pytest' \
-	  '$(PYTHON) -c "import pytest_timeout"=python3-pytest-timeout' \
-	  '$(PYTHON) -c "import xdist"=python3-pytest-xdist' \
-	  'test -f /usr/include/event2/event.h=libevent-dev' \
-	  'command -v strace=strace'
+	@PYTHON=$(PYTHON) tools/need-packages deps
 
 unit: deps $(BUILD)/solutions/unit/unit_tests
 	$(BUILD)/solutions/unit/unit_tests
@@ -115,6 +139,19 @@ $(BUILD)/demo/fd_set_overflow_fortified: tests/fd_set_overflow.cpp
 	$(CXX) -std=c++20 -Wall -Wextra -Werror -O2 -U_FORTIFY_SOURCE -D_FORTIFY_SOURCE=2 -o $@ $<
 02 all: $(FD_SET_DEMOS)
 
+# Lesson 11: runs a program with io_uring blocked by a seccomp filter, as Docker's default profile
+# blocks it (tests/without_io_uring.cpp); the test of the server's "io_uring is not available" path.
+WITHOUT_IO_URING := $(BUILD)/demo/without_io_uring
+$(WITHOUT_IO_URING): tests/without_io_uring.cpp
+	@mkdir -p $(@D)
+	$(CXX) -std=c++20 -Wall -Wextra -Werror -O2 -o $@ $<
+# And what close() does to a socket with an io_uring recv armed (tests/close_with_recv_armed.cpp).
+CLOSE_WITH_RECV_ARMED := $(BUILD)/demo/close_with_recv_armed
+$(CLOSE_WITH_RECV_ARMED): tests/close_with_recv_armed.cpp
+	@mkdir -p $(@D)
+	$(CXX) -std=c++20 -Wall -Wextra -Werror -O2 -o $@ $< -luring
+11 all: $(WITHOUT_IO_URING) $(CLOSE_WITH_RECV_ARMED)
+
 # The suite CI runs. Solutions must pass everything; every starter must compile and fail.
 test: deps
 	$(MAKE) --no-print-directory -j$(shell nproc) all
@@ -124,32 +161,33 @@ test: deps
 
 # An exercise whose starter already passes teaches nothing: each starter must fail its tests.
 starters-fail: deps
-	@for n in $(LESSONS); do \
-	  if $(PYTEST) -q -x tests --impl lessons --lesson $$n > $(BUILD)/starter-$$n.log 2>&1; then \
-	    echo "starter $$n PASSES its tests: the exercise teaches nothing (see $(BUILD)/starter-$$n.log)"; exit 1; \
-	  else \
-	    echo "starter $$n fails its tests, as a starter should: $$(grep -m1 -E '^(FAILED|ERROR) ' $(BUILD)/starter-$$n.log | cut -c1-110)"; \
+	@$(MAKE) --no-print-directory -j$(shell nproc) $(addprefix starter-fails-,$(LESSONS))
+$(addprefix starter-fails-,$(LESSONS)): starter-fails-%:
+	@if $(PYTEST) -q -rfEs -x tests --impl lessons --lesson $* > $(BUILD)/starter-$*.log 2>&1; then \
+	  if grep -q "lesson $* cannot run here" $(BUILD)/starter-$*.log; then \
+	    echo "starter $* not checked: $$(grep -m1 -o 'cannot run here: .*' $(BUILD)/starter-$*.log)"; exit 0; \
 	  fi; \
-	done
+	  echo "starter $* PASSES its tests: the exercise teaches nothing (see $(BUILD)/starter-$*.log)"; exit 1; \
+	else \
+	  echo "starter $* fails its tests, as a starter should: $$(grep -m1 -E '^(FAILED|ERROR) ' $(BUILD)/starter-$*.log | cut -c1-110)"; \
+	fi
 
 # Static pattern rules: make never applies a plain pattern rule (check-%) to a .PHONY target.
 # A lesson's own unit tests live in tests/unit/test_NN_*.cpp; doctest's --source-file picks them.
 $(addprefix check-,$(LESSONS)): check-%: deps
 	@$(MAKE) --no-print-directory -s $* IMPL=$(IMPL) $(if $(wildcard tests/unit/test_$*_*.cpp),$(BUILD)/$(IMPL)/unit/unit_tests)
-	$(if $(wildcard tests/unit/test_$*_*.cpp),$(BUILD)/$(IMPL)/unit/unit_tests --source-file='*test_$*_*')
-	$(PYTEST) -q $(PYTEST_ARGS) tests --impl $(IMPL) --lesson $*
+	$(if $(wildcard tests/unit/test_$*_*.cpp),$(BUILD)/$(IMPL)/unit/unit_tests --source-file='*test_$*_*' $(if $(ALL),,--abort-after=1))
+	$(if $(ALL),$(PYTEST) -q -n 2 $(PYTEST_ARGS) tests --impl $(IMPL) --lesson $*,\
+	  $(PYTEST) -q -x --phase first $(PYTEST_ARGS) tests --impl $(IMPL) --lesson $* && \
+	  $(PYTEST) -q -x -n 2 --phase rest $(PYTEST_ARGS) tests --impl $(IMPL) --lesson $*)
 
+# Which lessons pass their first checks (the contract's basics and their own tests), and which is
+# next: one pytest run over every lesson, each stopped at its first failure.
 progress: deps
-	@next=""; for n in $(LESSONS); do \
-	  if $(MAKE) --no-print-directory -s check-$$n IMPL=$(IMPL) PYTEST_ARGS=-x >/dev/null 2>&1; then s=PASS; \
-	  else s=todo; [ -n "$$next" ] || next=$$n; fi; \
-	  printf '  %s  %-4s %s\n' "$$n" "$$s" "$$(basename $$(ls -d lessons/$$n-*))"; \
-	done; \
-	if [ -n "$$next" ]; then echo "next: lessons/$$(basename $$(ls -d lessons/$$next-*))/README.md, then make check-$$next"; \
-	else echo "all lessons pass"; fi
+	@$(MAKE) --no-print-directory -s -j$(shell nproc) $(LESSONS) IMPL=$(IMPL) 2>/dev/null || true
+	@$(PYTHON) tools/progress --python $(PYTHON) --build-dir $(BUILD) --impl $(IMPL) $(LESSONS)
 
-$(addprefix run-,$(LESSONS)): run-%:
-	@$(MAKE) --no-print-directory $* IMPL=$(IMPL)
+$(addprefix run-,$(LESSONS)): run-%: $$(BUILD)/$$(IMPL)/%/$$(call BIN_NAME,%)
 	@[ "$(call BIN_NAME,$*)" != server ] || echo "Talk to it from another terminal: $(PYTHON) clients/echo_client.py --port 70$*  (Ctrl-C stops the server)"
 	$(BUILD)/$(IMPL)/$*/$(call BIN_NAME,$*) $(ARGS)
 
@@ -162,6 +200,7 @@ $(LOADGEN): clients/loadgen.cpp $(COMMON_OBJS)
 loadgen: $(LOADGEN)
 all: $(LOADGEN)
 07: $(LOADGEN)  # lesson 07's tests drive its server with loadgen
+11: $(LOADGEN)  # lesson 11's test of syscalls per message too
 
 # Lesson 07: measure every model. bench takes a few minutes, bench-quick about one. Both measure
 # the reference solutions unless IMPL is given (make bench IMPL=lessons measures yours).
@@ -179,10 +218,22 @@ soak: deps
 
 # For editors (clangd): records every compile command of a full rebuild.
 compile_commands.json: deps
-	@tools/need-packages 'command -v bear=bear'
+	@tools/need-packages compile_commands
 	bear -- $(MAKE) --no-print-directory -B all
 
-clean:
-	rm -rf build build-san
+# The catalogue of typical mistakes (tests/mistakes/NN/*.patch), each planted into a copy of the
+# solution: make check-NN must fail on it, first at the test named for it. MISTAKES=05 for one lesson.
+mistakes: deps
+	$(PYTHON) tools/mistakes $(MISTAKES)
 
--include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+# Proves the README's path on a clean Debian 12 chroot: git clone, then make test (root, minutes).
+fresh-machine:
+	tools/fresh-machine $(FRESH_DIR)
+
+# --one-file-system: never through /dev or /proc, should a killed make fresh-machine leave them
+# bound into build/fresh-machine/root.
+clean:
+	rm -rf --one-file-system build build-san build-tsan
+
+# The compilers' dependency files; not the Debian tree of make fresh-machine (its rc2.d, ...).
+-include $(shell find $(BUILD) -path $(BUILD)/fresh-machine -prune -o -name '*.d' -type f -print 2>/dev/null)

@@ -44,7 +44,8 @@ def echo_through_all(socks, size=64, timeout=10.0, seed=0):
     """Every socket sends its own random message of `size` bytes and reads its echo, all at once.
 
     Non-blocking and full duplex, so messages larger than the socket buffers cannot deadlock.
-    Returns a list of problems (empty when every connection got its own bytes back exactly)."""
+    Returns a list of problems, one per connection that failed (empty when every connection got
+    its own bytes back exactly)."""
     rng = random.Random(seed)
     expected = {sock: rng.randbytes(size) for sock in socks}
     sent = {sock: 0 for sock in socks}
@@ -59,15 +60,22 @@ def echo_through_all(socks, size=64, timeout=10.0, seed=0):
     while waiting and time.monotonic() < deadline:
         for key, events in selector.select(timeout=max(0.0, deadline - time.monotonic())):
             sock = key.fileobj
-            if events & selectors.EVENT_WRITE:
-                try:
-                    sent[sock] += sock.send(expected[sock][sent[sock]:sent[sock] + (1 << 20)])
-                except BlockingIOError:
-                    pass
-                if sent[sock] == size:
-                    selector.modify(sock, selectors.EVENT_READ)
-            if events & selectors.EVENT_READ:
-                chunk = sock.recv(1 << 20)
+            try:
+                if events & selectors.EVENT_WRITE:
+                    try:
+                        sent[sock] += sock.send(expected[sock][sent[sock]:sent[sock] + (1 << 20)])
+                    except BlockingIOError:
+                        pass
+                    if sent[sock] == size:
+                        selector.modify(sock, selectors.EVENT_READ)
+                chunk = sock.recv(1 << 20) if events & selectors.EVENT_READ else None
+            except ConnectionError as error:  # reset by the server (turned away): that one failed
+                problems.append(f"fd {sock.fileno()}: {error.strerror or error} after {len(received[sock])} "
+                                f"of {size} bytes")
+                selector.unregister(sock)
+                waiting -= 1
+                continue
+            if chunk is not None:
                 received[sock] += chunk
                 if not chunk or len(received[sock]) >= size:
                     if not chunk:
@@ -75,11 +83,13 @@ def echo_through_all(socks, size=64, timeout=10.0, seed=0):
                                         f"{len(received[sock])} of {size} bytes")
                     selector.unregister(sock)
                     waiting -= 1
+    selector_keys = set(key.fileobj for key in selector.get_map().values())  # still waiting
     selector.close()
     for sock in socks:
         sock.settimeout(timeouts[sock])  # back as it was: setblocking(True) would drop the timeout
-    if waiting:
-        problems.append(f"{waiting} of {len(socks)} connections still had bytes missing after {timeout} s")
+    missing = [s for s in socks if s in selector_keys and len(received[s]) < size]
+    problems += [f"fd {s.fileno()}: {len(received[s])} of {size} bytes back after {timeout} s"
+                 for s in missing]
     problems += [f"fd {s.fileno()}: wrong bytes echoed" for s in socks
                  if len(received[s]) == size and received[s] != expected[s]]
     return problems

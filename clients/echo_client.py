@@ -22,6 +22,10 @@ class EchoError(AssertionError):
     """The server did not echo what it should have; the message says what happened instead."""
 
 
+class ClosedBeforeEcho(EchoError):
+    """The server closed the connection (EOF) before it had echoed everything."""
+
+
 def connect(host="127.0.0.1", port=7001, timeout=DEFAULT_TIMEOUT):
     """A connected TCP socket with a timeout, so no test can hang on a silent server."""
     sock = socket.create_connection((host, port), timeout=timeout)
@@ -40,21 +44,30 @@ def recv_exactly(sock, size):
         try:
             chunk = sock.recv(min(size - received, 1 << 20))
         except socket.timeout:
-            raise EchoError(f"waited {sock.gettimeout()} s: got {received} of {size} bytes back, "
-                            f"then nothing (the server should echo every byte it receives)") from None
+            stalled = f"the server echoed {received} of {size} bytes, then nothing" if received else \
+                "the server echoed nothing"
+            raise EchoError(f"waited {sock.gettimeout()} s: {stalled} (it should echo every byte it receives. "
+                            f"Bytes left unread after a readiness report, edge-triggered? Reading stopped for "
+                            f"backpressure and never resumed?)") from None
         if not chunk:
-            raise EchoError(f"server closed the connection after echoing {received} of {size} bytes "
-                            f"(it should echo everything before closing)")
+            raise ClosedBeforeEcho(f"server closed the connection after echoing {received} of {size} bytes "
+                                   f"(it should echo everything before closing)")
         chunks.append(chunk)
         received += len(chunk)
     return b"".join(chunks)
 
 
 def recv_until_eof(sock):
-    """Everything until the server closes its side."""
+    """Everything until the server closes its side; EchoError if it goes quiet for the socket's
+    timeout first."""
     chunks = []
     while True:
-        chunk = sock.recv(1 << 20)
+        try:
+            chunk = sock.recv(1 << 20)
+        except socket.timeout:
+            got = sum(map(len, chunks))
+            raise EchoError(f"waited {sock.gettimeout()} s for the server to close the connection after "
+                            f"{got} bytes; it neither sent more nor closed (EOF)") from None
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
@@ -102,7 +115,7 @@ def echo_stream(sock, data, rng=None, largest_chunk=65536):
 def send_until_stalled(sock, data, stall=0.5):
     """Sends data without reading any echo, until the server stops taking bytes for `stall`
     seconds (it applies backpressure) or all is sent. Returns how many bytes went out."""
-    sent = 0
+    sent, timeout = 0, sock.gettimeout()
     sock.setblocking(False)
     try:
         while sent < len(data):
@@ -114,16 +127,31 @@ def send_until_stalled(sock, data, stall=0.5):
             except BlockingIOError:
                 pass
     finally:
-        sock.setblocking(True)
+        sock.settimeout(timeout)  # as it was: setblocking(True) would drop the timeout for good
     return sent
 
 
-def first_difference(expected, actual):
-    """A sentence naming the first byte where the echo differs, for assertion messages."""
-    for index, (want, got) in enumerate(zip(expected, actual)):
-        if want != got:
-            return f"byte {index} is {got:#04x}, should be {want:#04x}"
-    return f"length is {len(actual)}, should be {len(expected)}"
+def first_difference(expected, actual, others=()):
+    """A sentence naming the first byte where the echo differs, for assertion messages; and, when
+    the wrong bytes were sent elsewhere, where: later or earlier in the same stream (the echo came
+    back reordered, or in part twice), or by another client (others: what the others sent)."""
+    index = next((i for i, (want, got) in enumerate(zip(expected, actual)) if want != got), None)
+    if index is None:
+        return f"length is {len(actual)}, should be {len(expected)}"
+    where = f"byte {index} is {actual[index]:#04x}, should be {expected[index]:#04x}"
+    window = actual[index:index + 32]
+    found = expected.find(window)
+    if len(window) < 16 or (found >= 0 and expected.find(window, found + 1) >= 0):
+        return where  # too short, or sent more than once: cannot tell where it came from
+    if found > index:
+        return (f"{where}; the bytes there were sent later, from byte {found}: the echo came back out of "
+                f"order, or a receive buffer was overwritten before its bytes were copied out")
+    if found >= 0:
+        return f"{where}; the bytes there were sent earlier, from byte {found}: part of the echo came back twice"
+    for number, other in enumerate(others):
+        if other is not expected and (found := other.find(window)) >= 0:
+            return f"{where}; the bytes there are client {number}'s, from its byte {found}"
+    return where
 
 
 def interactive(sock):

@@ -1,6 +1,7 @@
 """Runs one server process for tests, the soak and the benchmarks: start it on a free port, wait
 for its readiness line, read its descriptors, memory and CPU from /proc, stop it with a signal."""
 
+import collections
 import ctypes
 import os
 import resource
@@ -33,19 +34,85 @@ class ServerError(AssertionError):
     """The server did not start as the contract says; the message says what it did instead."""
 
 
+class ServerDied(AssertionError):
+    """The server is gone when a test asked something of it; the message says how it ended."""
+
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "WARNING: ThreadSanitizer", "ThreadSanitizer:")
+
+
+def describe_exit(code):
+    """'exit code 1', or for a death by signal 'killed by SIGSEGV (a crash)'."""
+    if code is None:
+        return "still running"
+    if code >= 0:
+        return f"exit code {code}"
+    name = signal.Signals(-code).name
+    crash = {"SIGSEGV": "a crash: bad memory access", "SIGABRT": "it aborted: a failed check or a "
+             "sanitizer report", "SIGBUS": "a crash", "SIGFPE": "a crash: arithmetic error",
+             "SIGILL": "a crash"}.get(name)
+    return f"killed by {name}" + (f" ({crash})" if crash else "")
+
+
+def socket_inodes_in(tables):
+    """The inodes of the sockets listed in /proc/net tables such as tcp, tcp6, unix."""
+    inodes = set()
+    for table in tables:
+        try:
+            with open(f"/proc/net/{table}") as lines:
+                header = next(lines).split()
+                column = header.index("Inode") if "Inode" in header else 9
+                inodes.update(line.split()[column] for line in lines)
+        except (FileNotFoundError, IndexError, ValueError):
+            pass
+    return inodes
+
+
+TcpSocket = collections.namedtuple("TcpSocket", "local_port remote_port state send_q recv_q inode")
+
+
+def proc_tcp_sockets():
+    """Every TCP socket the kernel lists in /proc/net/tcp and tcp6, TIME_WAIT included, as a
+    TcpSocket: state is the kernel's number (see TCP_STATES), inode as /proc/PID/fd names it."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as lines:
+                next(lines)  # the header
+                for line in lines:
+                    fields = line.split()
+                    send_q, _, recv_q = fields[4].partition(":")  # tx_queue:rx_queue
+                    yield TcpSocket(int(fields[1].rpartition(":")[2], 16), int(fields[2].rpartition(":")[2], 16),
+                                    int(fields[3], 16), int(send_q, 16), int(recv_q, 16), fields[9])
+        except FileNotFoundError:  # tcp6 where IPv6 is off
+            pass
+
+
+TCP_STATES = {1: "ESTABLISHED", 6: "TIME_WAIT", 8: "CLOSE_WAIT", 10: "LISTEN"}  # the kernel's numbers
+
+
+def tcp_states_on_port(port):
+    """{state name: count} of the TCP sockets whose local port is `port`."""
+    return collections.Counter(TCP_STATES.get(sock.state, sock.state) for sock in proc_tcp_sockets()
+                               if sock.local_port == port)
+
+
 class Server:
     """One server process started with --port 0, from its readiness line to its exit."""
 
-    def __init__(self, binary, args=(), nofile=None, env=None):
+    def __init__(self, binary, args=(), nofile=None, env=None, stderr=None):
+        """stderr: where the server's stderr goes (a file or descriptor); by default a temporary
+        file that stderr() reads back."""
         self.binary = binary
-        self.stderr_file = tempfile.TemporaryFile()
+        self.stderr_file = tempfile.TemporaryFile() if stderr is None else None
         self.proc = subprocess.Popen([str(binary), "--port", "0", *args], stdout=subprocess.PIPE,
-                                     stderr=self.stderr_file, preexec_fn=_prepare_child(nofile),
-                                     env={**os.environ, **(env or {})})
+                                     stderr=stderr if stderr is not None else self.stderr_file,
+                                     preexec_fn=_prepare_child(nofile), env={**os.environ, **(env or {})})
         self.pid = self.proc.pid
         self.host, self.port = self._wait_until_listening()
         self.baseline_fds = self.fd_count()
         self.stopped = False  # set once a test or the fixture sends the stop signal
+        self.stuck_cpu = 0.0
 
     def _wait_until_listening(self):
         ready, _, _ = select.select([self.proc.stdout], [], [], READY_TIMEOUT)
@@ -63,14 +130,59 @@ class Server:
         return (self.host, self.port)
 
     def stderr(self):
+        if self.stderr_file is None:
+            return ""
         self.stderr_file.seek(0)
         return self.stderr_file.read().decode(errors="replace")
 
     def alive(self):
         return self.proc.poll() is None
 
+    def how_it_ended(self):
+        """A sentence for a failure message: how the server ended, and the first line of a
+        sanitizer's report if its stderr holds one."""
+        text = f"the server died: {describe_exit(self.proc.poll())}"
+        last_words = self.stderr().strip().splitlines()[-1:]
+        if self.proc.poll() is not None and self.proc.poll() >= 0 and last_words:
+            text += f", saying {last_words[0]!r}"
+        report = next((line.strip() for line in self.stderr().splitlines()
+                       if any(marker in line for marker in SANITIZER_MARKERS)), None)
+        if report:
+            text += f". The sanitizer says: {report}"
+        elif self.proc.poll() is not None and self.proc.poll() < 0:
+            text += (f". To see where, run the lesson under AddressSanitizer: "
+                     f"make check-{self.binary.parent.name} SAN=1")
+        return text
+
     def fd_count(self):
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
+        if not self.alive():  # a dead process holds no descriptors, and that is no leak
+            raise ServerDied(self.how_it_ended())
+        try:
+            return len(os.listdir(f"/proc/{self.pid}/fd"))
+        except FileNotFoundError:
+            raise ServerDied(self.how_it_ended()) from None
+
+    def dead_sockets(self):
+        """Sockets the server holds that the kernel has already closed: a peer reset them (an RST
+        takes a TCP socket out of the kernel's tables at once) and the server never noticed."""
+        return len(self.socket_inodes() - socket_inodes_in(["tcp", "tcp6", "udp", "udp6", "unix", "raw", "netlink"]))
+
+    def socket_inodes(self):
+        """The inodes of the sockets the server holds (its /proc/PID/fd links read socket:[inode])."""
+        inodes = set()
+        for name in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{self.pid}/fd/{name}")
+            except OSError:  # closed meanwhile
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        return inodes
+
+    def unclosed_connections(self):
+        """Connections the clients closed but the server did not (CLOSE_WAIT): it never read the
+        FIN, or read it and kept the connection."""
+        return tcp_states_on_port(self.port).get("CLOSE_WAIT", 0)
 
     def status_field(self, name):
         """A number from /proc/PID/status: VmRSS (KiB), voluntary_ctxt_switches (times it slept)."""
@@ -88,30 +200,64 @@ class Server:
             fields = stat.read().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
+    def schedstat_seconds(self, fields=(0, 1)):
+        """Sums fields of /proc/PID/task/*/schedstat over the server's threads, in seconds: field 0
+        is time on a CPU, field 1 time waiting in the run queue (nanosecond resolution, unlike
+        the clock ticks of /proc/PID/stat)."""
+        total = 0
+        for task in os.listdir(f"/proc/{self.pid}/task"):
+            try:
+                with open(f"/proc/{self.pid}/task/{task}/schedstat") as stat:
+                    values = stat.read().split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a thread that just ended
+            total += sum(int(values[field]) for field in fields)
+        return total / 1e9
+
+    def cpu_demand_seconds(self):
+        """Seconds the server's threads have spent running or ready to run (on a CPU, or in the
+        run queue waiting for one). A spinning server wants the CPU all the time, even when a busy
+        machine gives it only part of a core."""
+        return self.schedstat_seconds((0, 1))
+
     def cpu_per_second(self, seconds=1.0):
-        """The CPU seconds the server uses per second over the next `seconds`: about 0 when it
-        sleeps in its wait, about 1 when it spins."""
-        cpu_before, start = self.cpu_seconds(), time.monotonic()
+        """How much of each second over the next `seconds` the server ran or was ready to run:
+        about 0 when it sleeps in its wait, about 1 when it spins, however busy the machine is."""
+        demand_before, start = self.cpu_demand_seconds(), time.monotonic()
         time.sleep(seconds)  # the measurement interval itself, not a wait for an event
-        return (self.cpu_seconds() - cpu_before) / (time.monotonic() - start)
+        return (self.cpu_demand_seconds() - demand_before) / (time.monotonic() - start)
 
     def wait_for_fds(self, expected, timeout=FD_SETTLE_TIMEOUT):
         """Waits until the server holds `expected` descriptors; returns the last count seen."""
         return wait_until(lambda: self.fd_count() == expected, timeout, lambda: self.fd_count())
 
     def stop(self, sig=signal.SIGTERM):
-        """Sends sig and returns (exit code, seconds until exit); kills it if it does not stop."""
+        """Sends sig and returns (exit code, seconds until exit); kills it if it does not stop,
+        after noting in self.stuck_cpu how busy it was meanwhile (about 1: a busy loop)."""
         self.stopped = True
         if not self.alive():
             return self.proc.returncode, 0.0
         start = time.monotonic()
         self.proc.send_signal(sig)
         try:
-            code = self.proc.wait(timeout=STOP_TIMEOUT + 2)
+            code = self.proc.wait(timeout=STOP_TIMEOUT + 1)
         except subprocess.TimeoutExpired:
+            self.stuck_cpu = self.cpu_per_second(0.3)
             self.kill()
             return None, time.monotonic() - start
         return code, time.monotonic() - start
+
+    def why_it_did_not_stop(self, code, seconds):
+        """A sentence for a stop that failed: what the server was doing instead."""
+        if code is not None:
+            return f"it gave {describe_exit(code)} after {seconds:.2f} s"
+        if self.stuck_cpu > 0.2:  # asleep is about 0; a spinning server gets a share of a busy machine
+            return (f"it was still running {seconds:.1f} s later, busy {self.stuck_cpu:.2f} of each second: a "
+                    f"busy loop. Something keeps it from sleeping in its wait (write interest with nothing to "
+                    f"send, a listener it cannot accept from, an EOF it keeps reading, a due timer that is "
+                    f"never removed), so it never gets round to the stop signal either")
+        return (f"it was still running {seconds:.1f} s later, asleep: it does not notice the signal "
+                f"(is the signalfd watched with the sockets?)")
 
     def kill(self):
         if self.alive():

@@ -2,7 +2,7 @@
 """Counts the system calls an echo server makes while clients talk to it: the server runs under
 `strace -f -c` (strace is its parent, so no ptrace permission is needed beyond that).
 
-By hand:   clients/syscall_count.py build/solutions/05/server --round-trips 2000
+By hand:   clients/syscall_count.py build/solutions/05/server --round-trips 2000 [-- --workers 1]
 From tests: from clients.syscall_count import count_syscalls, ping_pong, reads_made_by
 """
 
@@ -117,8 +117,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("binary")
     parser.add_argument("--round-trips", type=int, default=2000)
+    parser.add_argument("server_args", nargs="*", help="after --: more flags for the server (-- --workers 1)")
     args = parser.parse_args()
-    counts, code = count_syscalls(args.binary, ping_pong(args.round_trips))
+    counts, code = count_syscalls(args.binary, ping_pong(args.round_trips), args=("--quiet", *args.server_args))
     for name, calls in sorted(counts.items(), key=lambda item: -item[1]):
         print(f"{calls:8d}  {name}  ({calls / args.round_trips:.2f} per round trip)")
     sys.exit(0 if code == 0 else 1)

@@ -4,6 +4,10 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
+#include <utility>
+
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -12,8 +16,6 @@
 #include "log.h"
 
 namespace {
-
-constexpr double kMaxSeconds = 1e6;  // far beyond any sensible timeout; keeps ms in range
 
 bool is_ip_address(const std::string& text) {
   unsigned char buf[sizeof(in6_addr)];
@@ -29,12 +31,42 @@ bool parse_port(const std::string& text, int* port) {
   return *port <= 65535;
 }
 
-bool parse_positive_number(const std::string& text, double* value) {
-  if (text.empty() || text[0] == ' ') return false;
+// The whole string is one number (no leading space, no unit). Too large or too small for a double
+// it still parses, as infinity or 0, so the range check can say what is wrong with it.
+bool parse_number(const std::string& text, double* value) {
+  if (text.empty() || std::isspace(static_cast<unsigned char>(text[0]))) return false;
   char* end = nullptr;
-  errno = 0;
   *value = std::strtod(text.c_str(), &end);
-  return errno == 0 && *end == '\0' && std::isfinite(*value) && *value > 0 && *value <= kMaxSeconds;
+  return *end == '\0' && !std::isnan(*value);
+}
+
+std::string format_number(double value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.10g", value);
+  return text;
+}
+
+// Checks a lesson number against its flag's range; returns an error line, or "".
+std::string check_number(const LessonFlag& flag, const std::string& text, double* value) {
+  std::string quoted = flag.name + ": '" + text + "' ";
+  if (!parse_number(text, value)) return quoted + "is not a number";
+  if (flag.whole && *value != std::floor(*value)) return quoted + "is not a whole number";
+  if (*value < flag.min_value || *value > flag.max_value) {
+    std::string unit = flag.unit.size() > 1 ? " " + flag.unit : "";  // "seconds", not "n"
+    for (char& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return quoted + "is out of range (" + format_number(flag.min_value) + " to " +
+           format_number(flag.max_value) + unit + ")";
+  }
+  return "";
+}
+
+std::string check_choice(const LessonFlag& flag, const std::string& value) {
+  std::string words;
+  for (const std::string& choice : flag.choices) {
+    if (choice == value) return "";
+    words += (words.empty() ? "" : ", ") + choice;
+  }
+  return flag.name + ": '" + value + "' is not one of " + words;
 }
 
 const LessonFlag* find_lesson_flag(const ServerSpec& spec, const std::string& name) {
@@ -45,21 +77,24 @@ const LessonFlag* find_lesson_flag(const ServerSpec& spec, const std::string& na
 
 bool takes_value(const std::string& name, const LessonFlag* flag) {
   return name == "--host" || name == "--port" ||
-         (flag != nullptr && flag->kind == LessonFlag::Kind::kPositiveNumber);
+         (flag != nullptr && flag->kind != LessonFlag::Kind::kSwitch);
 }
 
 // Applies one flag's value to the options; returns an error line, or "" on success.
-std::string apply_value(const std::string& name, const std::string& value, Options& options) {
+std::string apply_value(const std::string& name, const std::string& value, const LessonFlag* flag,
+                        Options& options) {
   if (name == "--host") {
     if (!is_ip_address(value)) return "--host: '" + value + "' is not an IPv4 or IPv6 address";
     options.host = value;
   } else if (name == "--port") {
     if (!parse_port(value, &options.port))
       return "--port: '" + value + "' is not a port number (0-65535; 0 picks a free port)";
+  } else if (flag->kind == LessonFlag::Kind::kChoice) {
+    if (std::string error = check_choice(*flag, value); !error.empty()) return error;
+    options.choices[name] = value;
   } else {
     double number = 0;
-    if (!parse_positive_number(value, &number))
-      return name + ": '" + value + "' is not a positive number of seconds (at most 1e6)";
+    if (std::string error = check_number(*flag, value, &number); !error.empty()) return error;
     options.numbers[name] = number;
   }
   return "";
@@ -79,8 +114,11 @@ ParseOutcome parse_options(const std::vector<std::string>& args, const ServerSpe
   Options& options = outcome.options;
   options.port = spec.default_port;
   for (const LessonFlag& flag : spec.lesson_flags) {
-    if (flag.kind == LessonFlag::Kind::kSwitch) options.switches[flag.name] = false;
-    else options.numbers[flag.name] = flag.default_value;
+    switch (flag.kind) {
+      case LessonFlag::Kind::kSwitch: options.switches[flag.name] = false; break;
+      case LessonFlag::Kind::kNumber: options.numbers[flag.name] = flag.default_value; break;
+      case LessonFlag::Kind::kChoice: options.choices[flag.name] = flag.choices.at(0); break;
+    }
   }
   for (size_t i = 0; i < args.size(); ++i) {
     std::string name = args[i];
@@ -102,7 +140,7 @@ ParseOutcome parse_options(const std::vector<std::string>& args, const ServerSpe
           return usage_error(name + " needs a value");
         value = args[++i];
       }
-      if (std::string error = apply_value(name, value, options); !error.empty())
+      if (std::string error = apply_value(name, value, lesson_flag, options); !error.empty())
         return usage_error(error);
     } else if (name == "--quiet" || lesson_flag != nullptr) {
       if (has_inline_value) return usage_error(name + " takes no value");
@@ -115,19 +153,83 @@ ParseOutcome parse_options(const std::vector<std::string>& args, const ServerSpe
   return outcome;
 }
 
+namespace {
+std::string value_name(const LessonFlag& flag) {
+  switch (flag.kind) {
+    case LessonFlag::Kind::kSwitch: return "";
+    case LessonFlag::Kind::kNumber: return " " + flag.unit;
+    case LessonFlag::Kind::kChoice: break;
+  }
+  std::string words;
+  for (const std::string& choice : flag.choices) words += (words.empty() ? "" : "|") + choice;
+  return " " + words;
+}
+}  // namespace
+
+std::string printable(const std::string& text) {
+  std::string shown;
+  for (unsigned char c : text) {
+    if (c == '\n') shown += "\\n";
+    else if (c == '\t') shown += "\\t";
+    else if (c < 0x20 || c == 0x7f) {
+      char escaped[8];
+      std::snprintf(escaped, sizeof escaped, "\\x%02x", c);
+      shown += escaped;
+    } else {
+      shown += static_cast<char>(c);
+    }
+  }
+  return shown;
+}
+
+namespace {
+// "  --flag VALUE   help...": the help starts at column `width` (on the next line if the flag is
+// longer) and wraps within 100 columns.
+std::string option_line(const std::string& left, const std::string& help, size_t width) {
+  const std::string indent(width, ' ');
+  std::string text = "  " + left;
+  text += text.size() + 1 < width ? std::string(width - text.size(), ' ') : "\n" + indent;
+  size_t column = width;
+  size_t start = 0;
+  while (start < help.size()) {
+    size_t end = help.find(' ', start);
+    std::string word = help.substr(start, end == std::string::npos ? end : end - start);
+    start = end == std::string::npos ? help.size() : end + 1;
+    if (column > width && column + 1 + word.size() > 100) {
+      text += "\n" + indent;
+      column = width;
+    } else if (column > width) {
+      text += ' ';
+      ++column;
+    }
+    text += word;
+    column += word.size();
+  }
+  return text + "\n";
+}
+}  // namespace
+
 std::string usage_text(const std::string& program, const ServerSpec& spec) {
+  std::vector<std::pair<std::string, std::string>> options = {
+      {"--host ADDR", "IPv4 or IPv6 address to listen on (default 127.0.0.1)"},
+      {"--port N",
+       "TCP port, 0 picks a free one (default " + std::to_string(spec.default_port) + ")"},
+      {"--quiet", "no per-connection messages on stderr"}};
   std::string text = "usage: " + program + " [--host ADDR] [--port N] [--quiet]";
-  for (const LessonFlag& flag : spec.lesson_flags)
-    text += " [" + flag.name + (flag.kind == LessonFlag::Kind::kSwitch ? "" : " SECONDS") + "]";
+  for (const LessonFlag& flag : spec.lesson_flags) {
+    text += " [" + flag.name + value_name(flag) + "]";
+    options.emplace_back(flag.name + value_name(flag), flag.help);
+  }
+  options.emplace_back("--help", "this text");
+  size_t width = 0;  // where the help texts start: after the longest flag, or column 26 at most
+  for (const auto& [left, help] : options) {
+    width = std::max(width, std::min<size_t>(left.size() + 4, 26));
+  }
   text += "\n\n" + spec.summary + "\n\n";
-  text += "  --host ADDR   IPv4 or IPv6 address to listen on (default 127.0.0.1)\n";
-  text += "  --port N      TCP port, 0 picks a free one (default " +
-          std::to_string(spec.default_port) + ")\n";
-  text += "  --quiet       no per-connection messages on stderr\n";
-  for (const LessonFlag& flag : spec.lesson_flags) text += "  " + flag.name + "  " + flag.help + "\n";
-  text += "  --help        this text\n\n";
-  text += "Once listening, prints 'listening on HOST:PORT' on stdout. Exit codes: 0 after\n"
-          "SIGINT/SIGTERM, 1 when setup fails, 2 for a usage error.\n";
+  for (const auto& [left, help] : options) text += option_line(left, help, width);
+  text += "\nOnce listening, prints 'listening on HOST:PORT' on stdout. SIGINT, SIGTERM and\n"
+          "SIGHUP stop it (exit 0); SIGUSR1 prints one status line on stderr. Exit codes: 0 after\n"
+          "a stop signal, 1 when setup fails, 2 for a usage error.\n";
   return text;
 }
 
@@ -139,7 +241,8 @@ Options parse_or_exit(int argc, char** argv, const ServerSpec& spec) {
       std::fputs(usage_text(program, spec).c_str(), stdout);
       std::exit(0);
     case ParseOutcome::Action::kUsageError:
-      std::fprintf(stderr, "%s: %s (see --help)\n", program.c_str(), outcome.error.c_str());
+      std::fprintf(stderr, "%s: %s (see --help)\n", printable(program).c_str(),
+                   printable(outcome.error).c_str());
       std::exit(2);
     case ParseOutcome::Action::kRun:
       break;

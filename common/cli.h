@@ -1,18 +1,26 @@
-// The command line every server in this repository shares (see DESIGN.md, "The server
-// contract"): [--host ADDR] [--port N] [--quiet] [--help] plus the flags a lesson adds.
+// The command line every server in this repository shares (the contract in the README):
+// [--host ADDR] [--port N] [--quiet] [--help] plus the flags a lesson adds.
 #pragma once
 
 #include <map>
 #include <string>
 #include <vector>
 
-// A flag a lesson adds: a switch (no value) or a positive number such as --idle-timeout 1.5.
+// A flag a lesson adds: a switch (no value), a number in a range (--idle-timeout 1.5,
+// --workers 4), or one word of a fixed list (--listener reuseport). Written with designated
+// initializers: {.name = "--workers", .kind = LessonFlag::Kind::kNumber, ...}.
 struct LessonFlag {
-  enum class Kind { kSwitch, kPositiveNumber };
+  enum class Kind { kSwitch, kNumber, kChoice };
   std::string name;  // with the dashes: "--idle-timeout"
   Kind kind = Kind::kSwitch;
-  std::string help;
-  double default_value = 0;  // for numbers
+  std::string help = {};
+  // kNumber: the value when the flag is absent, and the range accepted (inclusive).
+  double default_value = 0;
+  double min_value = 0;
+  double max_value = 0;
+  bool whole = false;               // kNumber: whole numbers only (a count)
+  std::string unit = "SECONDS";     // kNumber: how the value is named in the usage text
+  std::vector<std::string> choices = {};  // kChoice: the words accepted; the first is the default
 };
 
 struct ServerSpec {
@@ -25,8 +33,9 @@ struct Options {
   std::string host = "127.0.0.1";  // loopback: never every interface unless asked
   int port = 0;
   bool quiet = false;
-  std::map<std::string, double> numbers;  // lesson flags of kind kPositiveNumber
-  std::map<std::string, bool> switches;   // lesson flags of kind kSwitch
+  std::map<std::string, double> numbers;       // lesson flags of kind kNumber
+  std::map<std::string, bool> switches;        // lesson flags of kind kSwitch
+  std::map<std::string, std::string> choices;  // lesson flags of kind kChoice
 };
 
 struct ParseOutcome {
@@ -40,6 +49,10 @@ struct ParseOutcome {
 ParseOutcome parse_options(const std::vector<std::string>& args, const ServerSpec& spec);
 
 std::string usage_text(const std::string& program, const ServerSpec& spec);
+
+// text with every control character (newline, escape, ...) written as \n, \t or \xNN, so a bad
+// value quoted in a message cannot split it into several lines or drive the terminal.
+std::string printable(const std::string& text);
 
 // For a server's main: --help prints usage and exits 0; a usage error prints one line to stderr
 // and exits 2; otherwise applies --quiet (set_quiet) and returns the options.

@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "log.h"
+
 bool make_address(const std::string& host, int port, SocketAddress* address) {
   *address = SocketAddress{};
   auto* v4 = reinterpret_cast<sockaddr_in*>(&address->storage);
@@ -58,7 +60,7 @@ Fd listen_or_exit(const std::string& host, int port, bool nonblocking) {
   std::string error;
   Fd fd = listen_tcp(host, port, nonblocking, &error);
   if (!fd) {
-    std::fprintf(stderr, "server: %s\n", error.c_str());
+    warn("%s", error.c_str());
     std::exit(1);
   }
   return fd;
@@ -74,13 +76,15 @@ int local_port(int fd) {
 
 void announce_listening(const std::string& host, int port) {
   std::printf("listening on %s:%d\n", host.c_str(), port);
-  std::fflush(stdout);
+  // Whoever started us waits for this line; if it cannot be written (stdout is /dev/full, or a
+  // pipe whose reader is gone), nobody would ever learn the server is up: that is a failed setup.
+  if (std::fflush(stdout) != 0 || std::ferror(stdout)) die_setup("write readiness line to stdout");
 }
 
 void die_setup(const std::string& call, const std::string& context) {
   int saved = errno;
-  std::fprintf(stderr, "server: %s%s%s: %s\n", call.c_str(), context.empty() ? "" : " ",
-               context.c_str(), std::strerror(saved));
+  warn("%s%s%s: %s", call.c_str(), context.empty() ? "" : " ", context.c_str(),
+       std::strerror(saved));
   std::exit(1);
 }
 

@@ -34,11 +34,11 @@ Fd listen_or_exit(const std::string& host, int port, bool nonblocking);
 int local_port(int fd);
 
 // Prints the readiness line "listening on HOST:PORT" on stdout and flushes it at once, because
-// tests and scripts wait for exactly this line before they connect.
+// tests and scripts wait for exactly this line before they connect. Exits 1 if it cannot.
 void announce_listening(const std::string& host, int port);
 
 // Prints "CALL: reason" (with context, if given) on stderr and exits 1. For set-up failures.
 [[noreturn]] void die_setup(const std::string& call, const std::string& context = "");
 
-// Adds O_NONBLOCK to the file status flags (F_GETFL, not F_GETFD: see FACTS.md).
+// Adds O_NONBLOCK to the file status flags (F_GETFL, not F_GETFD, which returns FD_CLOEXEC).
 bool set_nonblocking(int fd);

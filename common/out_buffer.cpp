@@ -14,6 +14,16 @@ long write_some(int fd, const char* data, size_t size) {
   }
 }
 
+void OutputBuffer::append(const char* data, size_t size) {
+  // Moving the unsent bytes to the front costs a copy of at most kHighWater bytes, and only for a
+  // peer that is behind already; erasing the sent ones as each send returns would copy every time.
+  if (offset_ > 0) {
+    data_.erase(0, offset_);
+    offset_ = 0;
+  }
+  data_.append(data, size);
+}
+
 OutputBuffer::Flush OutputBuffer::flush_to(int fd) {
   if (!empty()) {
     long n = write_some(fd, data_.data() + offset_, pending());

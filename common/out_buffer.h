@@ -14,8 +14,13 @@ class OutputBuffer {
   bool empty() const { return pending() == 0; }
   size_t pending() const { return data_.size() - offset_; }
   bool over_high_water() const { return pending() >= kHighWater; }
+  // Bytes held in memory: the unsent ones, and sent ones not discarded yet.
+  size_t held() const { return data_.size(); }
 
-  void append(const char* data, size_t size) { data_.append(data, size); }
+  // Keeps data behind what is pending. Bytes already sent are discarded first, so the buffer
+  // never holds more than the unsent bytes plus this append: a peer that reads steadily but
+  // slower than it sends never lets the buffer drain, and would otherwise grow it forever.
+  void append(const char* data, size_t size);
 
   enum class Flush { kDone, kBlocked, kFailed };
   // Writes as much as the non-blocking socket takes. kDone: nothing left; kBlocked: the socket

@@ -1,35 +1,57 @@
 #include "signals.h"
 
+#include <signal.h>
+#include <sys/signalfd.h>
 #include <unistd.h>
 
-namespace {
-volatile sig_atomic_t g_stop = 0;
-sigset_t g_wait_mask;
+#include <cerrno>
 
-void on_stop_signal(int) { g_stop = 1; }
+#include "net.h"
+#include "status.h"
+
+namespace {
+constexpr int kStopSignals[] = {SIGINT, SIGTERM, SIGHUP};
 
 void exit_at_once(int) { _exit(0); }  // async-signal-safe, unlike exit()
+
+sigset_t watched_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int stop : kStopSignals) sigaddset(&set, stop);
+  sigaddset(&set, SIGUSR1);
+  return set;
+}
 }  // namespace
 
-void install_signal_handlers(OnStop on_stop) {
+void install_exit_handlers() {
   struct sigaction action {};
-  action.sa_handler = on_stop == OnStop::kSetFlag ? on_stop_signal : exit_at_once;
+  action.sa_handler = exit_at_once;
   sigemptyset(&action.sa_mask);
-  action.sa_flags = 0;  // no SA_RESTART: interrupt blocking calls
-  sigaction(SIGINT, &action, nullptr);
-  sigaction(SIGTERM, &action, nullptr);
+  for (int stop : kStopSignals) sigaction(stop, &action, nullptr);
+  signal(SIGUSR1, SIG_IGN);
   signal(SIGPIPE, SIG_IGN);
 }
 
-bool stop_requested() { return g_stop != 0; }
+Fd watch_signals() {
+  signal(SIGPIPE, SIG_IGN);
+  sigset_t set = watched_signals();
+  // Blocked, a signal is not delivered to a handler but stays pending, which is what makes the
+  // signalfd readable. Threads inherit the mask, so none of them takes the signal away either.
+  if (int error = pthread_sigmask(SIG_BLOCK, &set, nullptr); error != 0) {
+    errno = error;
+    die_setup("pthread_sigmask");
+  }
+  Fd fd(::signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
+  if (!fd) die_setup("signalfd");
+  return fd;
+}
 
-const sigset_t* block_stop_signals() {
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  sigprocmask(SIG_BLOCK, &stop_signals, &g_wait_mask);
-  sigdelset(&g_wait_mask, SIGINT);
-  sigdelset(&g_wait_mask, SIGTERM);
-  return &g_wait_mask;
+bool handle_signals(int signal_fd) {
+  bool stop = false;
+  signalfd_siginfo info;
+  while (::read(signal_fd, &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
+    if (info.ssi_signo == SIGUSR1) report_status();
+    else stop = true;
+  }
+  return stop;
 }

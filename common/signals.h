@@ -1,21 +1,23 @@
-// Signals every server handles the same way: SIGINT/SIGTERM ask for a clean stop (exit 0),
-// SIGPIPE is ignored so a write to a vanished peer fails with EPIPE instead of killing us.
+// Signals, the same in every server. Stop signals (SIGINT, SIGTERM, and SIGHUP, sent when the
+// terminal that started the server goes away) end it with exit 0. SIGUSR1 asks for one status
+// line on stderr. SIGPIPE is ignored, so a write to a vanished peer fails with EPIPE instead of
+// killing the process.
 #pragma once
 
-#include <signal.h>
+#include "fd.h"
 
-// What a stop signal does. kSetFlag: the handler sets a flag that the event loop checks
-// (without SA_RESTART, so a blocked call returns EINTR). kExitAtOnce: the handler calls _exit(0)
-// and the kernel closes every socket; for a blocking server, which cannot wait for a signal and
-// a socket at once, this is the only race-free way (a flag set just before read() blocks is
-// missed until the peer sends something).
-enum class OnStop { kSetFlag, kExitAtOnce };
+// For lesson 01, a blocking server: it cannot wait for a socket and a signal at once, so a stop
+// signal's handler calls _exit(0) and the kernel closes every socket (a flag set just before
+// read() blocks would be missed until the peer sends something). SIGUSR1 is ignored.
+void install_exit_handlers();
 
-void install_signal_handlers(OnStop on_stop = OnStop::kSetFlag);
+// For event loops (lessons 02 on): blocks the stop signals and SIGUSR1 in the calling thread,
+// and in every thread it starts later, and returns a signalfd that is readable while one of them
+// is pending. Watched beside the sockets, a signal is one more ready descriptor: it cannot slip in
+// between a check and the wait, and a loop that never sleeps still sees it (lesson 02 explains
+// why pselect cannot promise that). Exits 1 if it cannot (a setup failure).
+Fd watch_signals();
 
-bool stop_requested();
-
-// For event loops: blocks SIGINT/SIGTERM and returns the mask that unblocks them, to pass to
-// pselect/ppoll/epoll_pwait. The signal can then arrive only while the loop sleeps, so it can
-// never slip in between checking stop_requested() and going to sleep.
-const sigset_t* block_stop_signals();
+// Takes every signal pending on the signalfd: prints the status line for SIGUSR1, and returns
+// true if a stop signal was among them.
+bool handle_signals(int signal_fd);

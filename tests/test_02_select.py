@@ -16,8 +16,9 @@ LESSONS = ["02"]
 FD_SETSIZE = 1024  # glibc's, on every Linux architecture (not 2048, whatever articles say)
 
 
-def test_clients_past_fd_setsize_are_turned_away_and_the_rest_still_served(server):
-    # The server's own descriptors (stdio, the listener, the Acceptor's spare) take the lowest
+def test_clients_past_fd_setsize_are_turned_away_and_the_rest_still_served(start_server, lesson):
+    server = start_server(lesson)  # not --quiet: each client turned away is logged
+    # The server's own descriptors (stdio, the signalfd, the listener, the spare) take the lowest
     # numbers; accepted clients get the next ones in order, so the first `fits` clients fit.
     fits = FD_SETSIZE - server.baseline_fds
     socks = open_many(server.address, 1100)
@@ -37,7 +38,7 @@ def test_clients_past_fd_setsize_are_turned_away_and_the_rest_still_served(serve
             f"failed to echo; first: {problems[0]}")
         warning = f"FD_SETSIZE = {FD_SETSIZE}"
         assert warning in server.stderr(), (
-            f"the server should warn on stderr when it turns a client away, naming the fd and "
+            f"the server should say on stderr when it turns a client away, naming the fd and "
             f"{warning!r}; its stderr was: {server.stderr()[-300:]!r}")
 
         close_all(kept[:10])  # room again: the next clients get the freed fds, below the limit

@@ -4,7 +4,7 @@ echo, half-close, slow readers, resets mid-transfer and vanishing clients, all a
 from clients.soak import RSS_BOUND_MIB, soak
 from conftest import binary_path
 
-LESSONS = ["02", "03", "04", "05", "06", "07"]
+LESSONS = ["02", "03", "04", "05", "06", "07", "09"]
 
 
 def test_short_soak_under_random_faults_loses_nothing(pytestconfig, lesson, memory_is_the_servers_own):
@@ -17,3 +17,7 @@ def test_short_soak_under_random_faults_loses_nothing(pytestconfig, lesson, memo
         f"under a mix of polite and rude clients ({connections} connections, {faults} faults injected) "
         f"the server failed {len(failures)} time(s); first: {failures[0]}")
     assert verified > 0, "the soak verified no bytes at all: no polite client got its echo"
+
+
+LESSONS.append("10")  # lesson 10, a thread pool on one epoll (a line of its own: others add theirs)
+LESSONS.append("11")  # lesson 11, io_uring

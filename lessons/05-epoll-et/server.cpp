@@ -12,6 +12,7 @@
 #include "acceptor.h"
 #include "cli.h"
 #include "echo_conn.h"
+#include "epoll_setup.h"
 #include "fd.h"
 #include "log.h"
 #include "net.h"
@@ -21,9 +22,9 @@ namespace {
 
 const ServerSpec kSpec{"Lesson 05: echo server serving many clients with edge-triggered epoll.",
                        7005,
-                       {{"--et-read-once", LessonFlag::Kind::kSwitch,
-                         "DELIBERATELY BROKEN, for the stall demonstration: one read per edge",
-                         0}}};
+                       {{.name = "--et-read-once",
+                         .help = "DELIBERATELY BROKEN, for the stall demonstration: one read per "
+                                 "edge"}}};
 
 // Events taken per epoll_wait: the length of our array, never the number of connections. The
 // kernel fills at most this many; the other ready sockets stay ready for the next call.
@@ -53,6 +54,7 @@ struct Table {
   std::list<Conn> closed;  // closed during this batch of events, freed once the batch is done
   std::vector<Conn*> ready;  // connections that stopped at the fairness bound, served next batch
   bool read_once = false;    // --et-read-once: the deliberate bug of the stall demonstration
+  Fd signals;                // the signalfd; its event's data.ptr is &signals, which is not a Conn
 };
 
 // Input may be waiting and backpressure allows reading it. Asked after every write too: that is
@@ -141,18 +143,15 @@ void serve_ready(Table& table, Conn& conn, uint32_t events) {
   }
 }
 
-// Creates the epoll instance and registers the listener in it, edge-triggered like the rest. The
-// listener's data.ptr is null: the one entry that is not a Conn.
-Fd create_epoll(int listener) {
-  Fd epoll(::epoll_create1(EPOLL_CLOEXEC));
-  if (!epoll) die_setup("epoll_create1");
-  epoll_event event{};
-  event.events = EPOLLIN | EPOLLET;
-  event.data.ptr = nullptr;
-  if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, listener, &event) < 0) {
-    die_setup("epoll_ctl(ADD listener)");
-  }
-  return epoll;
+// Creates the epoll instance and registers the listener (data.ptr null: the one entry that is not
+// a Conn or the signalfd) and the signalfd (data.ptr &table.signals, so the table must not move),
+// edge-triggered like the rest: accept_all and handle_signals both read until EAGAIN.
+void set_up_epoll(Table& table, int listener, Fd signals) {
+  table.epoll = epoll_or_exit();
+  uint32_t events = EPOLLIN | EPOLLET;
+  watch_or_exit(table.epoll.get(), listener, events, nullptr, "listener");
+  table.signals = std::move(signals);
+  watch_or_exit(table.epoll.get(), table.signals.get(), events, &table.signals, "signalfd");
 }
 
 // Hands one event to its handler: the listener's (data.ptr null) to accept_clients, a Conn's to
@@ -175,28 +174,27 @@ void serve_queued(Table& table, std::vector<Conn*>& turns) {
   turns.clear();
 }
 
-// The event loop: waits for readiness and serves what is ready, until a stop signal. Returns the
-// exit code.
-int run(Acceptor& acceptor, Fd epoll, bool read_once, const sigset_t* wait_mask) {
-  Table table;
-  table.epoll = std::move(epoll);
-  table.read_once = read_once;
+// The event loop: waits for readiness and serves what is ready, until a stop signal arrives on
+// the signalfd. Returns the exit code.
+int run(Acceptor& acceptor, Table& table) {
   epoll_event events[kMaxEvents];
   std::vector<Conn*> turns;
-  while (!stop_requested()) {
+  for (;;) {
     // Queued connections hold input no edge will announce again: while there are any, only look
-    // for new events (timeout 0), never sleep.
-    int timeout = table.ready.empty() ? -1 : 0;
-    // SIGINT/SIGTERM are blocked except inside epoll_pwait: one that arrived since the check above
-    // is still pending and interrupts the call at once, instead of waiting for the next client.
-    int ready = ::epoll_pwait(table.epoll.get(), events, kMaxEvents, timeout, wait_mask);
+    // for new events (timeout 0), never sleep. Otherwise sleep until an event, or until the
+    // Acceptor's rest is over (out of descriptors with no spare, see common/acceptor.h).
+    int timeout = table.ready.empty() ? acceptor.rest_ms() : 0;
+    int ready = ::epoll_wait(table.epoll.get(), events, kMaxEvents, timeout);
     if (ready < 0) {
-      if (errno == EINTR) continue;  // a signal: the loop condition decides
-      warn("epoll_pwait: %s", std::strerror(errno));
+      if (errno == EINTR) continue;  // a signal we do not handle, such as SIGCONT
+      warn("epoll_wait: %s", std::strerror(errno));
       return 1;
     }
+    bool stop = false;
     for (int i = 0; i < ready; ++i) {
-      if (!dispatch(acceptor, table, events[i])) {
+      if (events[i].data.ptr == &table.signals) {
+        stop = handle_signals(table.signals.get());
+      } else if (!dispatch(acceptor, table, events[i])) {
         warn("dispatch() handled no event (is its TODO filled in?)");
         return 1;
       }
@@ -205,18 +203,23 @@ int run(Acceptor& acceptor, Fd epoll, bool read_once, const sigset_t* wait_mask)
     // Only now may closed connections be freed: until the batch is done, a later event or the
     // ready list could still hold the address of one closed earlier (see the lesson text).
     table.closed.clear();
+    if (stop) return 0;  // the table's destructor closes every connection
+    // Clients queued meanwhile raise no new edge: once the rest is over, try again.
+    if (acceptor.rest_ms() == 0) accept_clients(acceptor, table);
   }
-  return 0;  // the table's destructor closes every connection
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  protect_standard_streams();  // first: before anything else gets a descriptor (lesson 01)
   Options options = parse_or_exit(argc, argv, kSpec);  // also applies --quiet
-  install_signal_handlers();
-  const sigset_t* wait_mask = block_stop_signals();
-  Acceptor acceptor(listen_or_exit(options.host, options.port, /*nonblocking=*/true));
-  Fd epoll = create_epoll(acceptor.listener());
+  Fd signals = watch_signals();
+  Fd listening = listen_or_exit(options.host, options.port, /*nonblocking=*/true);
+  Table table;
+  table.read_once = options.switches["--et-read-once"];
+  set_up_epoll(table, listening.get(), std::move(signals));
+  Acceptor acceptor(std::move(listening));  // its spare last: the one descriptor it can do without
   announce_listening(options.host, local_port(acceptor.listener()));
-  return run(acceptor, std::move(epoll), options.switches["--et-read-once"], wait_mask);
+  return run(acceptor, table);
 }

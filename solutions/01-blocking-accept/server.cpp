@@ -82,10 +82,11 @@ void serve_client(int fd) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  protect_standard_streams();  // first: before anything else gets a descriptor (see the text)
   Options options = parse_or_exit(argc, argv, kSpec);  // also applies --quiet
-  // SIGINT/SIGTERM end the process at once (see common/signals.h for why a blocking server
+  // SIGINT/SIGTERM/SIGHUP end the process at once (see common/signals.h for why a blocking server
   // cannot do better); the kernel closes the listener and the client's connection.
-  install_signal_handlers(OnStop::kExitAtOnce);
+  install_exit_handlers();
   Fd listener = listen_on(options.host, options.port);
   if (!listener) {
     warn("listen_on() returned no listening socket (is its TODO filled in?)");

@@ -1,6 +1,7 @@
 // Lesson 02: one thread serves every client with select(): it asks the kernel which sockets are
 // ready and touches only those, at the price of fd_sets copied every call and no fd >= FD_SETSIZE.
 #include <sys/select.h>
+#include <sys/time.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -36,8 +37,8 @@ struct Table {
 void add_connection(Table& table, Fd client) {
   int fd = client.get();
   if (fd >= FD_SETSIZE) {
-    warn("fd %d is at or past select()'s limit FD_SETSIZE = %d: closing that connection", fd,
-         FD_SETSIZE);
+    chatter("fd %d is at or past select()'s limit FD_SETSIZE = %d: closing that connection", fd,
+            FD_SETSIZE);
     return;  // client's destructor closes the socket
   }
   if (static_cast<size_t>(fd) >= table.conns.size()) table.conns.resize(fd + 1);
@@ -81,37 +82,49 @@ void serve_ready(Table& table, const fd_set& readable, const fd_set& writable) {
   }
 }
 
-// The event loop: waits for readiness and serves what is ready, until a stop signal. Returns the
-// exit code.
-int run(Acceptor& acceptor, const sigset_t* wait_mask) {
+// How long select() may sleep: until a descriptor is ready (nullptr), unless the Acceptor rests
+// (out of descriptors with no spare, see common/acceptor.h) and wants to try again in a while.
+timeval* wait_timeout(const Acceptor& acceptor, timeval* storage) {
+  int ms = acceptor.rest_ms();
+  if (ms < 0) return nullptr;
+  *storage = timeval{ms / 1000, (ms % 1000) * 1000};
+  return storage;
+}
+
+// The event loop: waits for readiness and serves what is ready, until a stop signal arrives on
+// signals (a signalfd, watched like a socket). Returns the exit code.
+int run(Acceptor& acceptor, int signals) {
   Table table;
-  while (!stop_requested()) {
+  for (;;) {
     // select() overwrites the sets with its answer, so they are built afresh before every call.
     fd_set readable, writable;
     FD_ZERO(&readable);
     FD_ZERO(&writable);
-    FD_SET(acceptor.listener(), &readable);
-    int max_fd = std::max(acceptor.listener(), watch_connections(table, &readable, &writable));
-    // SIGINT/SIGTERM are blocked except inside pselect: one that arrived since the check above is
-    // still pending and interrupts the call at once, instead of waiting for the next client.
-    if (::pselect(max_fd + 1, &readable, &writable, nullptr, nullptr, wait_mask) < 0) {
-      if (errno == EINTR) continue;  // a signal: the loop condition decides
-      warn("pselect: %s", std::strerror(errno));
+    FD_SET(signals, &readable);
+    if (!acceptor.resting()) FD_SET(acceptor.listener(), &readable);
+    int max_fd = std::max({signals, acceptor.listener(),
+                           watch_connections(table, &readable, &writable)});
+    timeval timeout;
+    if (::select(max_fd + 1, &readable, &writable, nullptr, wait_timeout(acceptor, &timeout)) < 0) {
+      if (errno == EINTR) continue;  // a signal we do not handle, such as SIGCONT
+      warn("select: %s", std::strerror(errno));
       return 1;
     }
+    if (FD_ISSET(signals, &readable) && handle_signals(signals)) return 0;  // the table closes all
     serve_ready(table, readable, writable);
-    if (FD_ISSET(acceptor.listener(), &readable)) accept_clients(acceptor, table);
+    if (FD_ISSET(acceptor.listener(), &readable) || acceptor.rest_ms() == 0) {
+      accept_clients(acceptor, table);
+    }
   }
-  return 0;  // the table's destructor closes every connection
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  protect_standard_streams();  // first: before anything else gets a descriptor (lesson 01)
   Options options = parse_or_exit(argc, argv, kSpec);  // also applies --quiet
-  install_signal_handlers();
-  const sigset_t* wait_mask = block_stop_signals();
+  Fd signals = watch_signals();
   Acceptor acceptor(listen_or_exit(options.host, options.port, /*nonblocking=*/true));
   announce_listening(options.host, local_port(acceptor.listener()));
-  return run(acceptor, wait_mask);
+  return run(acceptor, signals.get());
 }

@@ -24,8 +24,9 @@ const ServerSpec kSpec{"Lesson 03: echo server serving many clients with poll().
 using Conn = EchoConn;
 
 // pollfds[i] and conns[i] are the same connection: poll() takes a dense array of fds, so the state
-// lives in a parallel array, and both stay dense (see remove_connection). Entry 0 is the listener;
-// its Conn is an unused placeholder that keeps the indexes aligned.
+// lives in a parallel array, and both stay dense (see remove_connection). Entry 0 is the listener
+// and entry 1 the signalfd; their Conns are unused placeholders that keep the indexes aligned.
+constexpr size_t kListenerEntry = 0, kSignalEntry = 1, kFirstConnection = 2;
 struct Table {
   std::vector<pollfd> pollfds;
   std::vector<Conn> conns;
@@ -65,7 +66,7 @@ short events_for(const Conn& conn) {
 // Serves every connection poll() reported ready, closes those that failed or are finished, and
 // updates the events of the others (only serving a connection changes what it wants).
 void serve_ready(Table& table) {
-  for (size_t i = 1; i < table.conns.size();) {  // 1: entry 0 is the listener
+  for (size_t i = kFirstConnection; i < table.conns.size();) {
     Conn& conn = table.conns[i];
     short revents = table.pollfds[i].revents;
     // No case for POLLERR/POLLHUP: a reset socket also reports the POLLIN or POLLOUT it was asked
@@ -82,34 +83,37 @@ void serve_ready(Table& table) {
   }
 }
 
-// The event loop: waits for readiness and serves what is ready, until a stop signal. Returns the
-// exit code.
-int run(Acceptor& acceptor, const sigset_t* wait_mask) {
+// The event loop: waits for readiness and serves what is ready, until a stop signal arrives on
+// signals (a signalfd, watched like a socket). Returns the exit code.
+int run(Acceptor& acceptor, int signals) {
   Table table;
-  table.pollfds.push_back({acceptor.listener(), POLLIN, 0});
-  table.conns.emplace_back();  // the listener's placeholder
-  while (!stop_requested()) {
-    // poll() reads events and writes only revents, so the array is kept from call to call.
-    // SIGINT/SIGTERM are blocked except inside ppoll: one that arrived since the check above is
-    // still pending and interrupts the call at once, instead of waiting for the next client.
-    if (::ppoll(table.pollfds.data(), table.pollfds.size(), nullptr, wait_mask) < 0) {
-      if (errno == EINTR) continue;  // a signal: the loop condition decides
-      warn("ppoll: %s", std::strerror(errno));
+  table.pollfds = {{acceptor.listener(), POLLIN, 0}, {signals, POLLIN, 0}};
+  table.conns.resize(kFirstConnection);  // the placeholders
+  for (;;) {
+    // poll() reads events and writes only revents, so the array is kept from call to call. The
+    // listener is not watched while the Acceptor rests (out of descriptors with no spare, see
+    // common/acceptor.h): it would stay readable and make every call return at once.
+    table.pollfds[kListenerEntry].events = acceptor.resting() ? 0 : POLLIN;
+    if (::poll(table.pollfds.data(), table.pollfds.size(), acceptor.rest_ms()) < 0) {
+      if (errno == EINTR) continue;  // a signal we do not handle, such as SIGCONT
+      warn("poll: %s", std::strerror(errno));
       return 1;
     }
+    if ((table.pollfds[kSignalEntry].revents & POLLIN) && handle_signals(signals)) return 0;
     serve_ready(table);
-    if (table.pollfds[0].revents & POLLIN) accept_clients(acceptor, table);
-  }
-  return 0;  // the table's destructor closes every connection
+    if ((table.pollfds[kListenerEntry].revents & POLLIN) || acceptor.rest_ms() == 0) {
+      accept_clients(acceptor, table);
+    }
+  }  // on return, the table's destructor closes every connection
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  protect_standard_streams();  // first: before anything else gets a descriptor (lesson 01)
   Options options = parse_or_exit(argc, argv, kSpec);  // also applies --quiet
-  install_signal_handlers();
-  const sigset_t* wait_mask = block_stop_signals();
+  Fd signals = watch_signals();
   Acceptor acceptor(listen_or_exit(options.host, options.port, /*nonblocking=*/true));
   announce_listening(options.host, local_port(acceptor.listener()));
-  return run(acceptor, wait_mask);
+  return run(acceptor, signals.get());
 }

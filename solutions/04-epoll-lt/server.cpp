@@ -10,6 +10,7 @@
 #include "acceptor.h"
 #include "cli.h"
 #include "echo_conn.h"
+#include "epoll_setup.h"
 #include "fd.h"
 #include "log.h"
 #include "net.h"
@@ -37,6 +38,8 @@ struct Table {
   Fd epoll;
   std::list<Conn> conns;
   std::list<Conn> closed;  // closed during this batch of events, freed once the batch is done
+  Fd signals;              // the signalfd; its event's data.ptr is &signals, which is not a Conn
+  bool listener_watched = true;
 };
 
 // Registers conn with epoll, once for its whole life: readable, with its address as the cookie
@@ -114,18 +117,26 @@ void serve_ready(Table& table, Conn& conn, uint32_t events) {
   }
 }
 
-// Creates the epoll instance and registers the listener in it. The listener's data.ptr is null:
-// the one entry that is not a Conn.
-Fd create_epoll(int listener) {
-  Fd epoll(::epoll_create1(EPOLL_CLOEXEC));
-  if (!epoll) die_setup("epoll_create1");
+// Creates the epoll instance and registers the listener (data.ptr null: the one entry that is not
+// a Conn or the signalfd) and the signalfd (data.ptr &table.signals, so the table must not move).
+void set_up_epoll(Table& table, int listener, Fd signals) {
+  table.epoll = epoll_or_exit();
+  watch_or_exit(table.epoll.get(), listener, EPOLLIN, nullptr, "listener");
+  table.signals = std::move(signals);
+  watch_or_exit(table.epoll.get(), table.signals.get(), EPOLLIN, &table.signals, "signalfd");
+}
+
+// The listener is not watched while the Acceptor rests (out of descriptors with no spare, see
+// common/acceptor.h): level-triggered, it stays readable and every epoll_wait would return at once.
+void watch_listener_unless_resting(Table& table, const Acceptor& acceptor) {
+  bool wanted = !acceptor.resting();
+  if (wanted == table.listener_watched) return;
   epoll_event event{};
-  event.events = EPOLLIN;
+  event.events = wanted ? EPOLLIN : 0u;
   event.data.ptr = nullptr;
-  if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, listener, &event) < 0) {
-    die_setup("epoll_ctl(ADD listener)");
+  if (::epoll_ctl(table.epoll.get(), EPOLL_CTL_MOD, acceptor.listener(), &event) == 0) {
+    table.listener_watched = wanted;
   }
-  return epoll;
 }
 
 // Hands one event to its handler: the listener's (data.ptr null) to accept_clients, a Conn's to
@@ -137,23 +148,22 @@ bool dispatch(Acceptor& acceptor, Table& table, const epoll_event& event) {
   return true;
 }
 
-// The event loop: waits for readiness and serves what is ready, until a stop signal. Returns the
-// exit code.
-int run(Acceptor& acceptor, Fd epoll, const sigset_t* wait_mask) {
-  Table table;
-  table.epoll = std::move(epoll);
+// The event loop: waits for readiness and serves what is ready, until a stop signal arrives on
+// the signalfd. Returns the exit code.
+int run(Acceptor& acceptor, Table& table) {
   epoll_event events[kMaxEvents];
-  while (!stop_requested()) {
-    // SIGINT/SIGTERM are blocked except inside epoll_pwait: one that arrived since the check above
-    // is still pending and interrupts the call at once, instead of waiting for the next client.
-    int ready = ::epoll_pwait(table.epoll.get(), events, kMaxEvents, -1, wait_mask);
+  for (;;) {
+    int ready = ::epoll_wait(table.epoll.get(), events, kMaxEvents, acceptor.rest_ms());
     if (ready < 0) {
-      if (errno == EINTR) continue;  // a signal: the loop condition decides
-      warn("epoll_pwait: %s", std::strerror(errno));
+      if (errno == EINTR) continue;  // a signal we do not handle, such as SIGCONT
+      warn("epoll_wait: %s", std::strerror(errno));
       return 1;
     }
+    bool stop = false;
     for (int i = 0; i < ready; ++i) {
-      if (!dispatch(acceptor, table, events[i])) {
+      if (events[i].data.ptr == &table.signals) {
+        stop = handle_signals(table.signals.get());
+      } else if (!dispatch(acceptor, table, events[i])) {
         warn("dispatch() handled no event (is its TODO filled in?)");
         return 1;
       }
@@ -161,18 +171,22 @@ int run(Acceptor& acceptor, Fd epoll, const sigset_t* wait_mask) {
     // Only now may closed connections be freed: until the batch is done, a later event could
     // still hold the address of one closed earlier (see the lesson text).
     table.closed.clear();
+    if (stop) return 0;  // the table's destructor closes every connection
+    if (acceptor.rest_ms() == 0) accept_clients(acceptor, table);  // the rest is over: try again
+    watch_listener_unless_resting(table, acceptor);
   }
-  return 0;  // the table's destructor closes every connection
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  protect_standard_streams();  // first: before anything else gets a descriptor (lesson 01)
   Options options = parse_or_exit(argc, argv, kSpec);  // also applies --quiet
-  install_signal_handlers();
-  const sigset_t* wait_mask = block_stop_signals();
-  Acceptor acceptor(listen_or_exit(options.host, options.port, /*nonblocking=*/true));
-  Fd epoll = create_epoll(acceptor.listener());
+  Fd signals = watch_signals();
+  Fd listening = listen_or_exit(options.host, options.port, /*nonblocking=*/true);
+  Table table;
+  set_up_epoll(table, listening.get(), std::move(signals));
+  Acceptor acceptor(std::move(listening));  // its spare last: the one descriptor it can do without
   announce_listening(options.host, local_port(acceptor.listener()));
-  return run(acceptor, std::move(epoll), wait_mask);
+  return run(acceptor, table);
 }

@@ -10,11 +10,13 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <vector>
 
 #include "cli.h"
 #include "fd.h"
 #include "log.h"
 #include "net.h"
+#include "status.h"
 
 namespace {
 
@@ -51,7 +53,8 @@ struct Connection {
 struct Server {
   EventBase base;
   Listener listener;
-  Event stop_on_sigint, stop_on_sigterm, resume_accepting;
+  Event resume_accepting;
+  std::vector<Event> on_signals;  // SIGINT, SIGTERM, SIGHUP stop; SIGUSR1 reports status
   std::map<Connection*, std::unique_ptr<Connection>> connections;
 };
 
@@ -109,6 +112,7 @@ void on_accept(evconnlistener*, evutil_socket_t fd, sockaddr* /*peer*/, int /*pe
   bufferevent_setcb(raw, on_read, on_drained, on_event, connection.get());
   bufferevent_setwatermark(raw, EV_WRITE, kLowWater, 0);
   bufferevent_enable(raw, EV_READ);
+  server_counters().accepted.fetch_add(1, std::memory_order_relaxed);
   chatter("client connected (fd %d)", static_cast<int>(fd));
   server->connections.emplace(connection.get(), std::move(connection));
 }
@@ -127,8 +131,11 @@ void on_resume_accepting(evutil_socket_t, short, void* arg) {
   evconnlistener_enable(static_cast<Server*>(arg)->listener.get());
 }
 
-void on_stop_signal(evutil_socket_t, short, void* arg) {
-  event_base_loopbreak(static_cast<Server*>(arg)->base.get());
+// libevent's signal events: its own handler writes to a socketpair the loop watches, the same
+// idea as lesson 02's signalfd, so a busy loop sees the signal too.
+void on_signal(evutil_socket_t signal_number, short, void* arg) {
+  if (signal_number == SIGUSR1) report_status();
+  else event_base_loopbreak(static_cast<Server*>(arg)->base.get());
 }
 
 void set_up(Server& server, const Options& options) {
@@ -144,18 +151,19 @@ void set_up(Server& server, const Options& options) {
   listening.release();
   evconnlistener_set_error_cb(server.listener.get(), on_accept_error);
   server.resume_accepting.reset(evtimer_new(server.base.get(), on_resume_accepting, &server));
-  server.stop_on_sigint.reset(evsignal_new(server.base.get(), SIGINT, on_stop_signal, &server));
-  server.stop_on_sigterm.reset(evsignal_new(server.base.get(), SIGTERM, on_stop_signal, &server));
-  if (!server.resume_accepting || !server.stop_on_sigint || !server.stop_on_sigterm)
-    die_setup("event_new");
-  evsignal_add(server.stop_on_sigint.get(), nullptr);
-  evsignal_add(server.stop_on_sigterm.get(), nullptr);
+  if (!server.resume_accepting) die_setup("evtimer_new");
+  for (int signal_number : {SIGINT, SIGTERM, SIGHUP, SIGUSR1}) {
+    Event& event = server.on_signals.emplace_back(
+        evsignal_new(server.base.get(), signal_number, on_signal, &server));
+    if (!event || evsignal_add(event.get(), nullptr) < 0) die_setup("evsignal_new");
+  }
   announce_listening(options.host, port);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  protect_standard_streams();  // first: before anything else gets a descriptor (lesson 01)
   Options options = parse_or_exit(argc, argv, kSpec);  // also applies --quiet
   // libevent writes with writev(), not send(MSG_NOSIGNAL): a vanished peer would raise SIGPIPE.
   std::signal(SIGPIPE, SIG_IGN);

@@ -8,8 +8,15 @@
 
 namespace {
 const ServerSpec kSpec{"test server", 7000,
-                       {{"--idle-timeout", LessonFlag::Kind::kPositiveNumber, "seconds of silence", 60},
-                        {"--broken", LessonFlag::Kind::kSwitch, "misbehave on purpose", 0}}};
+                       {{.name = "--idle-timeout", .kind = LessonFlag::Kind::kNumber,
+                         .help = "seconds of silence", .default_value = 60, .min_value = 0.001,
+                         .max_value = 1e6},
+                        {.name = "--broken", .help = "misbehave on purpose"},
+                        {.name = "--workers", .kind = LessonFlag::Kind::kNumber, .help = "threads",
+                         .default_value = 2, .min_value = 1, .max_value = 64, .whole = true,
+                         .unit = "N"},
+                        {.name = "--listener", .kind = LessonFlag::Kind::kChoice, .help = "how",
+                         .choices = {"shared", "exclusive", "reuseport"}}}};
 
 ParseOutcome parse(std::vector<std::string> args) { return parse_options(args, kSpec); }
 
@@ -30,6 +37,8 @@ TEST_CASE("cli_defaults_are_loopback_and_the_documented_port") {
   CHECK_FALSE(outcome.options.quiet);
   CHECK(outcome.options.numbers["--idle-timeout"] == 60);
   CHECK_FALSE(outcome.options.switches["--broken"]);
+  CHECK(outcome.options.numbers["--workers"] == 2);
+  CHECK_MESSAGE(outcome.options.choices["--listener"] == "shared", "the first choice is the default");
 }
 
 TEST_CASE("cli_accepts_every_flag_in_both_spellings") {
@@ -41,6 +50,10 @@ TEST_CASE("cli_accepts_every_flag_in_both_spellings") {
   CHECK(outcome.options.numbers["--idle-timeout"] == doctest::Approx(0.25));
   CHECK(outcome.options.switches["--broken"]);
   CHECK(parse({"--port", "65535"}).options.port == 65535);
+  ParseOutcome more = parse({"--workers", "8", "--listener=reuseport"});
+  REQUIRE(more.action == ParseOutcome::Action::kRun);
+  CHECK(more.options.numbers["--workers"] == 8);
+  CHECK(more.options.choices["--listener"] == "reuseport");
 }
 
 TEST_CASE("cli_help_wins") {
@@ -66,8 +79,24 @@ TEST_CASE("cli_bad_hosts_are_rejected") {
 }
 
 TEST_CASE("cli_bad_lesson_numbers_are_rejected") {
-  for (const char* bad : {"0", "-1", "abc", "nan", "inf", "1e9", "1s", ""})
-    CHECK_MESSAGE(mentions(error_of({"--idle-timeout", bad}), "is not a positive number"), "value '", bad, "'");
+  for (const char* bad : {"abc", "nan", "1s", "", " 1", "0x", "--"})
+    CHECK_MESSAGE(mentions(error_of({"--idle-timeout=" + std::string(bad)}), "is not a number"), "value '", bad, "'");
+  // Below 1 ms a timeout closes every client before its echo; 1e-300 used to become 0.
+  for (const char* bad : {"0", "-1", "1e-300", "1e-400", "0.0009", "inf", "1e9", "1e400"})
+    CHECK_MESSAGE(mentions(error_of({"--idle-timeout", bad}), "is out of range (0.001 to 1000000 seconds)"),
+                  "value '", bad, "'");
+  CHECK(mentions(error_of({"--workers", "2.5"}), "--workers: '2.5' is not a whole number"));
+  CHECK(mentions(error_of({"--workers", "0"}), "is out of range (1 to 64)"));
+}
+
+TEST_CASE("cli_a_choice_must_be_one_of_the_list") {
+  CHECK(mentions(error_of({"--listener", "all"}), "--listener: 'all' is not one of shared, exclusive, reuseport"));
+  CHECK(mentions(error_of({"--listener"}), "--listener needs a value"));
+}
+
+TEST_CASE("cli_control_characters_in_a_message_are_escaped") {
+  CHECK(printable("a\nb\tc\x1b[31md\x7f") == "a\\nb\\tc\\x1b[31md\\x7f");
+  CHECK_MESSAGE(printable("caf\xc3\xa9") == "caf\xc3\xa9", "UTF-8 text stays as it is");
 }
 
 TEST_CASE("cli_unknown_arguments_and_values_on_switches_are_rejected") {
@@ -80,5 +109,7 @@ TEST_CASE("cli_unknown_arguments_and_values_on_switches_are_rejected") {
 TEST_CASE("cli_usage_lists_lesson_flags") {
   std::string text = usage_text("server", kSpec);
   CHECK(mentions(text, "--idle-timeout SECONDS"));
+  CHECK(mentions(text, "--workers N"));
+  CHECK(mentions(text, "--listener shared|exclusive|reuseport"));
   CHECK(mentions(text, "default 7000"));
 }
