@@ -81,6 +81,30 @@ def all_asleep(pid):
     return True
 
 
+def seconds_on_cpu(pid):
+    """Seconds the worker threads have run on a CPU so far (field 0 of each one's schedstat)."""
+    total = 0
+    for task in worker_threads(pid):
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # the thread ended meanwhile
+    return total / 1e9
+
+
+def wait_until_all_asleep(pid, spinning=1.0, patience=20.0):
+    """Waits until every worker thread sleeps. A thread awake that long is spinning only if it ran:
+    on a loaded machine one can wait seconds for a CPU without running at all. Raises HerdError once
+    the threads have spent `spinning` s on a CPU meanwhile, or after `patience` s in any case."""
+    start, cpu_before = time.monotonic(), seconds_on_cpu(pid)
+    while not all_asleep(pid):
+        busy, waited = seconds_on_cpu(pid) - cpu_before, time.monotonic() - start
+        if busy >= spinning or waited >= patience:
+            raise HerdError(f"the server's threads stayed awake for {waited:.1f} s with nothing to do, "
+                            f"{busy:.2f} s of it on a CPU: is a loop spinning?")
+        time.sleep(0.02)
+
+
 def one_at_a_time(server, count):
     """count clients, each connecting only once the server has accepted the one before and all its
     threads are asleep again: every connection meets a server at rest. Returns the open sockets."""
@@ -88,15 +112,16 @@ def one_at_a_time(server, count):
     socks = []
     try:
         for index in range(count):
-            if not wait_until(lambda: all_asleep(server.pid), 2.0, lambda: all_asleep(server.pid)):
-                raise HerdError(f"before client {index}, some of the server's threads stayed awake for 2 s "
-                                f"with nothing to do: is a loop spinning?")
+            try:
+                wait_until_all_asleep(server.pid)
+            except HerdError as error:
+                raise HerdError(f"before client {index}: {error}") from None
             socks.append(connect(*server.address, timeout=5))
             held = wait_until(lambda: server.fd_count() > baseline + index, 5.0, server.fd_count)
             if held <= baseline + index:
                 raise HerdError(f"client {index} connected, but within 5 s no worker accepted it (the server "
                                 f"holds {held} descriptors, {baseline + index} before it came)")
-        wait_until(lambda: all_asleep(server.pid), 2.0)
+        wait_until_all_asleep(server.pid)
     except BaseException:
         close_all(socks)
         raise
