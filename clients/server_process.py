@@ -111,6 +111,7 @@ class Server:
         self.pid = self.proc.pid
         self.host, self.port = self._wait_until_listening()
         self.baseline_fds = self.fd_count()
+        self.baseline_targets = self.fd_targets()
         self.stopped = False  # set once a test or the fixture sends the stop signal
         self.stuck_cpu = 0.0
 
@@ -161,6 +162,22 @@ class Server:
             return len(os.listdir(f"/proc/{self.pid}/fd"))
         except FileNotFoundError:
             raise ServerDied(self.how_it_ended()) from None
+
+    def fd_targets(self):
+        """What each descriptor the server holds refers to, by number (its /proc/PID/fd link)."""
+        targets = {}
+        for name in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                targets[int(name)] = os.readlink(f"/proc/{self.pid}/fd/{name}")
+            except OSError:  # closed meanwhile
+                continue
+        return targets
+
+    def descriptors_gone(self):
+        """What the descriptors open at start and closed since referred to, from their links in
+        /proc/PID/fd ("/dev/null": a spare; "anon_inode:[eventpoll]": an epoll instance); ", "-joined."""
+        now = self.fd_targets()
+        return ", ".join(sorted(target for fd, target in self.baseline_targets.items() if now.get(fd) != target))
 
     def dead_sockets(self):
         """Sockets the server holds that the kernel has already closed: a peer reset them (an RST

@@ -222,7 +222,8 @@ def after_the_test(server):
         if count < server.baseline_fds:
             return (f"the server holds {count} descriptors, {server.baseline_fds} when it started: it closed one "
                     f"it still needs (its listener, epoll instance, signalfd or spare), or closed a descriptor "
-                    f"twice, which closes whatever was given its number since")
+                    f"twice, which closes whatever was given its number since (gone since the start: "
+                    f"{server.descriptors_gone()})")
         if count != server.baseline_fds:
             unclosed = server.unclosed_connections()
             if unclosed:
