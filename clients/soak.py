@@ -145,9 +145,9 @@ def soak(binary, seconds, clients, seed, rss_bound_mib=RSS_BOUND_MIB):
         if not server.alive():
             failures.append(f"the server died (exit code {server.proc.returncode})")
         else:
-            fds = server.wait_for_fds(server.baseline_fds)
-            if fds != server.baseline_fds:
-                failures.append(f"fd leak: {fds} descriptors after the soak, {server.baseline_fds} at start")
+            if not server.settle():
+                failures.append(f"fd leak: {server.fd_count()} descriptors after the soak, {server.baseline_fds} at "
+                                f"start ({server.change_since_start()})")
             growth = (rss_peak - rss_start) / 1024
             if rss_bound_mib is not None and growth > rss_bound_mib:
                 failures.append(f"memory grew {growth:.0f} MiB (bound {rss_bound_mib} MiB)")

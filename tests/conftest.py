@@ -216,15 +216,15 @@ def after_the_test(server):
         return f"{server.how_it_ended()}, during the test. A client's behaviour must never kill it"
     if server.check_fds:
         try:
-            count = server.wait_for_fds(server.baseline_fds)
+            settled = server.settle()
+            count, change = server.fd_count(), server.change_since_start()
         except ServerDied as died:
             return f"{died}, just after the test"
-        if count < server.baseline_fds:
-            return (f"the server holds {count} descriptors, {server.baseline_fds} when it started: it closed one "
-                    f"it still needs (its listener, epoll instance, signalfd or spare), or closed a descriptor "
-                    f"twice, which closes whatever was given its number since (gone since the start: "
-                    f"{server.descriptors_gone()})")
-        if count != server.baseline_fds:
+        if not settled and count <= server.baseline_fds:
+            return (f"the server holds {count} descriptors, {server.baseline_fds} when it started ({change}): it "
+                    f"closed one it still needs (its listener, epoll instance, signalfd or spare), or closed a "
+                    f"descriptor twice, which closes whatever was given its number since")
+        if not settled:
             unclosed = server.unclosed_connections()
             if unclosed:
                 busy = server.cpu_per_second(0.3)
@@ -239,8 +239,8 @@ def after_the_test(server):
                         f"them: it never read or wrote them again, so it never met the error. A connection "
                         f"that owes echo must stay watched for writing (or reading), and a failed read or "
                         f"write must close it")
-            return (f"the server holds {count} descriptors, {server.baseline_fds} when it started: every "
-                    f"closed connection should close its fd (a leak)")
+            return (f"the server holds {count} descriptors, {server.baseline_fds} when it started ({change}): "
+                    f"every closed connection should close its fd (a leak)")
     code, seconds = server.stop()
     if code != 0 or seconds > STOP_TIMEOUT:
         return (f"after SIGTERM the server should exit 0 within {STOP_TIMEOUT} s; "

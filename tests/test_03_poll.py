@@ -83,7 +83,7 @@ def test_every_poll_call_passes_the_whole_array_even_for_one_active_client(serve
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed (`make deps` installs it)")
     close_all(open_many(server.address, 100))  # gone again: their entries must leave the array too
-    server.wait_for_fds(server.baseline_fds)
+    server.settle()
     idle = open_many(server.address, 500)
     active = connect(*server.address)
     entries = 2 + len(idle) + 1  # the listener and the signalfd, the idle clients, the active one

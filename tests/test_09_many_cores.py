@@ -317,11 +317,10 @@ def test_out_of_descriptors_with_four_workers_neither_crashes_nor_spins(start_se
         close_all(clients)
     # The workers close their connections concurrently: until they have, a new client may still
     # meet EMFILE and be turned away. Serving again once descriptors are free is the promise.
-    held = server.wait_for_fds(server.baseline_fds)
-    assert held >= server.baseline_fds, (
-        f"after the clients left, the server holds {held} descriptors, {server.baseline_fds} when it started "
-        f"(gone since: {server.descriptors_gone()}): a worker's spare went missing? Another thread can take "
-        f"the slot a spare frees to turn a client away; the Acceptor must take its spare back once descriptors "
-        f"free up, not only when the next client comes, or the next time it runs out it has none")
+    assert server.settle(), (
+        f"after the clients left, the server does not hold what it held at start ({server.change_since_start()}). "
+        f"If a spare (/dev/null) is gone: another thread can take the slot a spare frees to turn a client away; "
+        f"the Acceptor must take its spare back once descriptors free up, not only when the next client comes, "
+        f"or the next time it runs out it has none")
     with connect(*server.address) as sock:
         assert round_trip(sock, b"back") == b"back", "after the clients left, the server should serve again"

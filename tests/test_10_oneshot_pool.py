@@ -20,7 +20,7 @@ import pytest
 from clients.crowd import close_all
 from clients.echo_client import EchoError, connect, first_difference, recv_exactly, recv_until_eof, round_trip, send_until_stalled
 from clients.sequenced import stream_numbered
-from clients.server_process import STOP_TIMEOUT, wait_until
+from clients.server_process import STOP_TIMEOUT, ServerDied, wait_until
 from clients.syscall_count import StraceUnavailable, count_syscalls, ping_pong
 from clients.tcp_queues import paused
 from conftest import binary_path
@@ -180,13 +180,14 @@ def test_a_client_that_leaves_is_closed_once_and_the_next_is_served(start_server
                 assert server.alive(), (
                     f"after clients left ({way}) the server died (exit {server.proc.poll()}). {ONE_WORKER_AT_A_TIME}")
                 pytest.fail(f"client {index} of 20 ({way}) got no echo: {error}. {ONE_WORKER_AT_A_TIME}")
-        count = wait_until(lambda: not server.alive() or server.fd_count() == server.baseline_fds, 3.0,
-                           lambda: server.alive() and server.fd_count())
-        assert server.alive(), (
-            f"after clients left ({way}) the server died (exit {server.proc.poll()}). {ONE_WORKER_AT_A_TIME}")
-        assert count == server.baseline_fds, (
-            f"after 20 clients left ({way}) the server holds {count} descriptors, {server.baseline_fds} before: "
-            f"each connection must be closed (EPOLL_CTL_DEL, close, free) when it fails or is finished")
+        try:
+            settled = server.settle()
+        except ServerDied:
+            pytest.fail(f"after clients left ({way}) the server died (exit {server.proc.poll()}). {ONE_WORKER_AT_A_TIME}")
+        assert settled, (
+            f"after 20 clients left ({way}) the server holds {server.fd_count()} descriptors, {server.baseline_fds} "
+            f"before ({server.change_since_start()}): each connection must be closed (EPOLL_CTL_DEL, close, free) "
+            f"when it fails or is finished")
         with connect(*server.address, timeout=2) as sock:
             assert round_trip(sock, b"next") == b"next", f"after clients left ({way}) a new one should be served"
 

@@ -78,7 +78,7 @@ def test_echoes_each_small_message_without_waiting_for_more(server):
 def test_ten_clients_connecting_at_once_are_all_served(server):
     with connect(*server.address) as first:
         assert round_trip(first, b"first") == b"first"
-    server.wait_for_fds(server.baseline_fds)
+    server.settle()
     wait_until(lambda: process_state(server.pid) == "S", 2.0)  # asleep in its wait for events
     socks = []
     try:
@@ -365,7 +365,7 @@ def test_quiet_server_says_nothing_about_its_connections(server):
     for index in range(3):
         with connect(*server.address) as sock:
             assert round_trip(sock, b"shh") == b"shh"
-    server.wait_for_fds(server.baseline_fds)  # every connection closed on the server's side too
+    server.settle()  # every connection closed on the server's side too
     assert server.stderr() == "", (
         f"started with --quiet, the server should print no per-connection messages; it printed "
         f"{server.stderr()!r}")
@@ -376,10 +376,9 @@ def test_200_connect_close_cycles_leak_no_descriptors(server):
         with connect(*server.address) as sock:
             message = b"cycle %d" % index
             assert round_trip(sock, message) == message
-    count = server.wait_for_fds(server.baseline_fds)
-    assert count == server.baseline_fds, (
-        f"after 200 clients connected and left, the server holds {count} descriptors; it held "
-        f"{server.baseline_fds} at start. Each closed connection must close its fd.")
+    assert server.settle(), (
+        f"after 200 clients connected and left, the server holds {server.fd_count()} descriptors; it held "
+        f"{server.baseline_fds} at start ({server.change_since_start()}). Each closed connection must close its fd.")
 
 
 def test_listens_on_ipv6_loopback_when_asked(start_server, lesson):

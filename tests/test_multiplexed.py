@@ -190,7 +190,7 @@ def test_running_out_of_descriptors_neither_crashes_nor_spins(start_server, less
         f"with 150 clients against a limit of 64 descriptors the server used {cpu_per_second:.2f} s of CPU "
         f"per second: it is spinning on a listener that stays readable (see the EMFILE part of lesson 02)")
     close_all(clients)
-    server.wait_for_fds(server.baseline_fds)  # with worker threads (09) closes finish concurrently
+    server.settle()  # with worker threads (09) closes finish concurrently
     with connect(*server.address) as sock:
         assert round_trip(sock, b"back") == b"back", "after the clients left, the server should serve again"
 
