@@ -20,6 +20,15 @@ PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def split_server_flags(argv):
+    """A client's command line split at "--": its own arguments, then the flags it passes on to the
+    server it starts (`syscall_count.py BINARY --round-trips 1000 -- --workers 1`)."""
+    if "--" not in argv:
+        return list(argv), []
+    at = argv.index("--")
+    return list(argv[:at]), list(argv[at + 1:])
+
+
 def _prepare_child(nofile):
     """Runs in the child before exec: it dies with the process that started it (even one killed
     with SIGKILL, whose clean-up never runs), and gets the descriptor limit it was asked for."""

@@ -18,6 +18,7 @@ import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from clients.echo_client import connect, round_trip  # noqa: E402
+from clients.server_process import split_server_flags  # noqa: E402
 
 READY_TIMEOUT = 10.0  # strace slows start-up a little
 
@@ -117,9 +118,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("binary")
     parser.add_argument("--round-trips", type=int, default=2000)
-    parser.add_argument("server_args", nargs="*", help="after --: more flags for the server (-- --workers 1)")
-    args = parser.parse_args()
-    counts, code = count_syscalls(args.binary, ping_pong(args.round_trips), args=("--quiet", *args.server_args))
+    parser.epilog = "After --, flags for the server: syscall_count.py BINARY --round-trips 1000 -- --workers 1"
+    own, server_flags = split_server_flags(sys.argv[1:])
+    args = parser.parse_args(own)
+    counts, code = count_syscalls(args.binary, ping_pong(args.round_trips), args=("--quiet", *server_flags))
     for name, calls in sorted(counts.items(), key=lambda item: -item[1]):
         print(f"{calls:8d}  {name}  ({calls / args.round_trips:.2f} per round trip)")
     sys.exit(0 if code == 0 else 1)

@@ -40,7 +40,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from clients.echo_client import connect, round_trip  # noqa: E402
 from clients.idle import read_paced  # noqa: E402
-from clients.server_process import Server  # noqa: E402
+from clients.server_process import Server, split_server_flags  # noqa: E402
 from clients.tcp_queues import recv_until_quiet, send_while_paused  # noqa: E402
 
 BLOCK = os.urandom(1 << 20)  # what the clients send, again and again
@@ -201,9 +201,9 @@ def main():
     parser.add_argument("--seconds", type=float, default=10, help="how long the slow reader reads")
     parser.add_argument("--pace", type=int, default=4 << 20, help="bytes per second the client reads")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
-    own, _, server_args = " ".join(sys.argv[1:]).partition(" -- ")  # after --: the server's flags
-    args = parser.parse_args(own.split())
-    args.server_args = server_args.split()
+    own, server_args = split_server_flags(sys.argv[1:])
+    args = parser.parse_args(own)
+    args.server_args = server_args
     if args.inside:
         return inside(args.binary, args.scenario, args.server_args, args.seconds, args.pace)
     try:

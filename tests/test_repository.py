@@ -1,5 +1,6 @@
 """The repository itself: what it needs from Debian is all in tools/debian-packages.txt, every
-document it sends a reader to is in it, and a failed echo comparison explains itself at once.
+document it sends a reader to is in it, every client command a text gives is accepted as written,
+and a failed echo comparison explains itself at once.
 
 A fresh machine gets only what that list names (make deps, .ci/run, tools/fresh-machine), so a
 Python module imported by a client, test or tool that is neither in the standard library, nor
@@ -7,9 +8,12 @@ provided by a listed package, nor one of the repository's own, works only on a m
 happened to have it. These tests need no server built.
 """
 
+import argparse
 import ast
 import random
 import re
+import runpy
+import shlex
 import subprocess
 import sys
 import time
@@ -164,6 +168,45 @@ def test_every_document_named_is_in_the_repository():
                 missing += [f"{path.relative_to(ROOT)}:{number}: {name}"
                             for name in re.findall(r"[\w.-]+\.md\b", line) if name not in documents]
     assert not missing, "documents named that the repository does not have:\n" + "\n".join(missing)
+
+
+class Parsed(Exception):
+    """Raised where a client would start its work, once its command line has parsed."""
+
+
+def client_commands_in_texts():
+    """(where, script, arguments) for every `python3 clients/NAME.py ...` a text gives a learner."""
+    commands = []
+    for text in tracked_files("*.md"):
+        for number, line in enumerate(text.read_text().splitlines(), 1):
+            for script, rest in re.findall(r"python3 (clients/\w+\.py)([^`|\n]*)", line):
+                rest = rest.replace("$!", "4242").replace("70NN", "7001")  # a shell's PID, a lesson's port
+                arguments = [word for word in shlex.split(rest, comments=True) if word != "&"]
+                commands.append((f"{text.relative_to(ROOT)}:{number}", script, arguments))
+    return commands
+
+
+def test_every_client_command_in_a_text_parses(monkeypatch, capsys):
+    """A command a lesson tells the learner to type must at least be accepted as written. Each is
+    parsed by the client's own argparse; the client stops there, before it connects or starts a server."""
+    def parse_then_stop(parser, args=None, namespace=None):
+        original_parse_args(parser, args, namespace)
+        raise Parsed
+
+    original_parse_args = argparse.ArgumentParser.parse_args
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    commands, refused = client_commands_in_texts(), []
+    assert commands, "found no `python3 clients/...` command in the texts: has their form changed?"
+    for where, script, arguments in commands:
+        monkeypatch.setattr(sys, "argv", [script, *arguments])
+        try:
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+            refused.append(f"{where}: {script} {' '.join(arguments)}: ran without parsing its arguments")
+        except Parsed:
+            pass
+        except SystemExit:
+            refused.append(f"{where}: {script} {' '.join(arguments)}: {capsys.readouterr().err.strip()}")
+    assert not refused, "commands in the texts that the client refuses as written:\n" + "\n".join(refused)
 
 
 @pytest.mark.timeout(20)
