@@ -18,7 +18,6 @@ import multiprocessing
 import pathlib
 import queue
 import selectors
-import socket
 import sys
 import time
 
@@ -138,11 +137,11 @@ def stream_share(address, first, clients, size, timeout, chunk):
             stream.close()
 
 
-def _stream_in_child(results, *args):
+def _stream_in_child(results, address, first, clients, *args):
     try:
-        results.put(stream_share(*args))
-    except OSError as error:  # could not even connect (the server died, say)
-        results.put({args[1]: f"connecting failed: {error}"})
+        results.put((first, stream_share(address, first, clients, *args)))
+    except OSError as error:  # could not even connect (the server died, say): none of these was served
+        results.put((first, {client: f"connecting failed: {error}" for client in range(first, first + clients)}))
 
 
 def stream_numbered(address, clients=64, size=2 << 20, timeout=30.0, chunk=CHUNK, processes=2):
@@ -161,12 +160,17 @@ def stream_numbered(address, clients=64, size=2 << 20, timeout=30.0, chunk=CHUNK
     start = time.monotonic()
     for child in children:
         child.start()
-    problems = {}
+    problems, answered = {}, set()
     try:
         for _ in children:
-            problems.update(results.get(timeout=timeout + 10))
-    except queue.Empty:
-        problems[None] = f"a client process gave no answer within {timeout + 10:.0f} s"
+            first, found = results.get(timeout=timeout + 10)
+            problems.update(found)
+            answered.add(first)
+    except queue.Empty:  # every client of a process that never answered counts as not exact
+        for first, share in zip(firsts, shares):
+            if first not in answered:
+                problems.update({client: f"its client process gave no answer within {timeout + 10:.0f} s"
+                                 for client in range(first, first + share)})
     finally:
         for child in children:
             child.join(timeout=5)
@@ -188,7 +192,7 @@ def main():
     total = args.clients * args.mib
     print(f"{args.clients} clients streamed {total:.0f} MiB in {seconds:.1f} s: "
           f"{args.clients - len(problems)} exact, {len(problems)} not")
-    for client, problem in sorted(problems.items(), key=lambda item: str(item[0])):
+    for client, problem in sorted(problems.items()):
         print(f"  client {client}: {problem}")
     sys.exit(1 if problems else 0)
 
