@@ -20,6 +20,12 @@ PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def busy(per_second):
+    """Server.cpu_per_second() in words, for messages: it counts time in the run queue too, so a
+    server that spins reads about 1 per thread that spins, even on a machine too busy to run it."""
+    return f"wanted a CPU {per_second:.2f} s of every second (running, or ready to run)"
+
+
 def split_server_flags(argv):
     """A client's command line split at "--": its own arguments, then the flags it passes on to the
     server it starts (`syscall_count.py BINARY --round-trips 1000 -- --workers 1`)."""
@@ -58,8 +64,8 @@ def describe_exit(code):
     if code >= 0:
         return f"exit code {code}"
     name = signal.Signals(-code).name
-    crash = {"SIGSEGV": "a crash: bad memory access", "SIGABRT": "it aborted: a failed check or a "
-             "sanitizer report", "SIGBUS": "a crash", "SIGFPE": "a crash: arithmetic error",
+    crash = {"SIGSEGV": "a crash: bad memory access", "SIGABRT": "it aborted: a failed check, a "
+             "sanitizer report, or std::terminate, say a std::thread destroyed unjoined", "SIGBUS": "a crash", "SIGFPE": "a crash: arithmetic error",
              "SIGILL": "a crash"}.get(name)
     return f"killed by {name}" + (f" ({crash})" if crash else "")
 
@@ -153,7 +159,7 @@ class Server:
         sanitizer's report if its stderr holds one."""
         text = f"the server died: {describe_exit(self.proc.poll())}"
         last_words = self.stderr().strip().splitlines()[-1:]
-        if self.proc.poll() is not None and self.proc.poll() >= 0 and last_words:
+        if self.proc.poll() is not None and last_words:  # "terminate called ...", an error it reported
             text += f", saying {last_words[0]!r}"
         report = next((line.strip() for line in self.stderr().splitlines()
                        if any(marker in line for marker in SANITIZER_MARKERS)), None)

@@ -19,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from clients.io_uring_check import io_uring_unavailable  # noqa: E402
-from clients.server_process import STOP_TIMEOUT, Server, ServerDied, ServerError  # noqa: E402
+from clients.server_process import STOP_TIMEOUT, Server, ServerDied, ServerError, busy  # noqa: E402
 
 # Under ThreadSanitizer (make test TSAN=1) the first data race ends the server with exit code 66,
 # so the test that provoked it fails and shows the report (the server's stderr).
@@ -227,12 +227,15 @@ def after_the_test(server):
         if not settled:
             unclosed = server.unclosed_connections()
             if unclosed:
-                busy = server.cpu_per_second(0.3)
-                spinning = (f"; and it is spinning ({busy:.2f} s of CPU per second): reading the EOF again "
-                            f"and again?" if busy > 0.5 else "")
+                cpu = server.cpu_per_second(0.3)
+                spinning = (f"; and it is spinning (it {busy(cpu)}): reading the EOF again "
+                            f"and again?" if cpu > 0.5 else "")
+                io_uring = ("; with io_uring, a recv completion without IORING_CQE_F_MORE has ended the "
+                            "multishot recv, which reports nothing more (not even the FIN) until it is armed again"
+                            if server.binary.parent.name == "11" else "")
                 return (f"{unclosed} connection(s) that the clients closed are still open in the server "
                         f"(CLOSE_WAIT): it never read their FIN, or read it (read() returned 0) and did not "
-                        f"close them once everything owed was sent{spinning}")
+                        f"close them once everything owed was sent{spinning}{io_uring}")
             dead = server.dead_sockets()
             if dead:
                 return (f"{dead} connection(s) were reset by their clients (RST) and the server still holds "

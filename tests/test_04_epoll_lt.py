@@ -7,6 +7,7 @@ import random
 import pytest
 
 from clients.echo_client import connect, recv_exactly, round_trip, send_until_stalled
+from clients.server_process import busy
 from clients.syscall_count import StraceUnavailable, count_syscalls, ping_pong, reads_per_ping_pong
 from conftest import binary_path
 
@@ -31,7 +32,7 @@ def test_epollout_is_disarmed_once_backed_up_output_drains(server):
         assert recv_exactly(sock, sent) == data[:sent], "every byte sent should come back, in order"
         cpu_per_second = server.cpu_per_second()
         assert cpu_per_second < 0.1, (
-            f"idle after its output drained, the server used {cpu_per_second:.2f} s of CPU per second. "
+            f"idle after its output drained, the server {busy(cpu_per_second)}. "
             f"Its socket has room again, so a level-triggered EPOLLOUT still armed is reported by every "
             f"epoll_wait: a busy loop. Disarm EPOLLOUT (EPOLL_CTL_MOD) once the output buffer is empty")
         assert round_trip(sock, b"still here") == b"still here", \

@@ -20,7 +20,7 @@ import pytest
 from clients.crowd import close_all
 from clients.echo_client import EchoError, connect, first_difference, recv_exactly, recv_until_eof, round_trip, send_until_stalled
 from clients.sequenced import stream_numbered
-from clients.server_process import STOP_TIMEOUT, ServerDied, wait_until
+from clients.server_process import STOP_TIMEOUT, ServerDied, busy, wait_until
 from clients.syscall_count import StraceUnavailable, count_syscalls, ping_pong
 from clients.tcp_queues import paused
 from conftest import binary_path
@@ -200,10 +200,10 @@ def test_idle_connections_stay_disarmed_and_cost_no_cpu(start_server, lesson):
             assert round_trip(sock, b"once %d" % index) == b"once %d" % index
         cpu_per_second = server.cpu_per_second()
         assert cpu_per_second < 0.1, (
-            f"with 20 idle connections, everything echoed, {WORKERS} workers used {cpu_per_second:.2f} s of CPU per "
-            f"second; they should all sleep in epoll_wait. A re-arm that asks for EPOLLOUT with nothing to send "
-            f"fires at once (an idle socket is writable), so the connection comes back turn after turn: ask for "
-            f"EPOLLOUT only while output is pending")
+            f"with 20 idle connections, everything echoed, {WORKERS} workers {busy(cpu_per_second)}; they "
+            f"should all sleep in epoll_wait. A re-arm that asks for EPOLLOUT with nothing to send fires at once "
+            f"(an idle socket is writable), so the connection comes back turn after turn: ask for EPOLLOUT only "
+            f"while output is pending")
     finally:
         close_all(socks)
 

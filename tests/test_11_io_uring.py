@@ -20,7 +20,7 @@ from clients.echo_client import (connect, first_difference, recv_exactly, recv_u
                                  send_until_stalled)
 from clients.idle import read_paced
 from clients.syscall_count import StraceUnavailable, count_syscalls
-from clients.server_process import wait_until
+from clients.server_process import busy, wait_until
 from clients.tcp_queues import paused, server_side_unread, unacknowledged_bytes
 from conftest import ROOT, binary_path
 
@@ -302,9 +302,8 @@ def test_out_of_descriptors_the_accept_is_armed_again_without_spinning(start_ser
         assert round_trip(clients[0], b"first") == b"first", "the first client, within the limit, must be served"
         cpu = server.cpu_per_second()
         assert cpu < 0.3, (
-            f"out of descriptors with 60 clients against a limit of 32, the server used {cpu:.2f} s of CPU per "
-            f"second. A multishot accept that fails with -EMFILE ends, and one armed again at once fails again "
-            f"at once, forever: turn the queued clients away (the Acceptor's spare descriptor), then wait for "
+            f"out of descriptors with 60 clients against a limit of 32, the server {busy(cpu)}. A multishot "
+            f"accept that fails with -EMFILE ends, and one armed again at once fails again at once, forever: turn the queued clients away (the Acceptor's spare descriptor), then wait for "
             f"the listener to be readable (a poll request) before arming the accept again")
     finally:
         close_all(clients)

@@ -13,7 +13,7 @@ import pytest
 from clients.crowd import close_all, open_many
 from clients.echo_client import connect, recv_until_eof, round_trip
 from clients.firehose import Flood
-from clients.server_process import STOP_TIMEOUT, Server, ServerError, describe_exit, wait_until
+from clients.server_process import STOP_TIMEOUT, Server, ServerError, busy, describe_exit, wait_until
 from conftest import binary_path
 
 FLOOD_CONNECTIONS = 100
@@ -158,7 +158,7 @@ def test_smallest_descriptor_limits_neither_spin_nor_ignore_a_stop(start_server,
             assert server.alive(), f"with RLIMIT_NOFILE {limit} the server died when clients came"
             assert cpu < 0.3, (
                 f"with RLIMIT_NOFILE {limit} (the smallest it starts with is {smallest}) and 5 clients, the server "
-                f"used {cpu:.2f} s of CPU per second: it is spinning on a listener it cannot accept from. Out of "
+                f"{busy(cpu)}: it is spinning on a listener it cannot accept from. Out of "
                 f"descriptors, turn the client away with a spare descriptor, or stop watching the listener a while")
             spares = server.stderr().count("spare")
             assert spares <= 1, f"a missing spare descriptor should be said once, not {spares} times"

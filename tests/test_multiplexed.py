@@ -11,7 +11,7 @@ import pytest
 
 from clients.crowd import close_all, echo_through_all, open_many
 from clients.echo_client import connect, recv_exactly, recv_until_eof, round_trip, send_until_stalled
-from clients.server_process import wait_until
+from clients.server_process import busy, wait_until
 from clients.tcp_namespace import NamespaceUnavailable, measure_in_namespace
 from clients.tcp_queues import bytes_waiting, server_side_queues
 from conftest import binary_path
@@ -31,9 +31,9 @@ def test_idle_connections_cost_no_cpu(server):
         assert not echo_through_all(socks), "each of 50 clients should get its echo"
         cpu_per_second = server.cpu_per_second()
         assert cpu_per_second < 0.1, (
-            f"with 50 connections idle, everything echoed, the server used {cpu_per_second:.2f} s of CPU per "
-            f"second; it should sleep. Asking for writability (write set, POLLOUT, EPOLLOUT) on a socket "
-            f"with nothing to send makes every wait return at once: ask only while output is pending")
+            f"with 50 connections idle, everything echoed, the server {busy(cpu_per_second)}; it should "
+            f"sleep. Asking for writability (write set, POLLOUT, EPOLLOUT) on a socket with nothing to send makes "
+            f"every wait return at once: ask only while output is pending")
     finally:
         close_all(socks)
 
@@ -149,9 +149,9 @@ def test_fin_while_the_server_holds_echo_of_its_own_gets_all_of_it(server):
         sock.shutdown(socket.SHUT_WR)
         cpu = server.cpu_per_second(0.5)  # the client reads nothing meanwhile: nothing can move
         assert cpu < 0.3, (
-            f"after the client's FIN, owed echo it cannot take yet, the server used {cpu:.2f} s of CPU per "
-            f"second. A FIN makes the socket readable for good (read() returns 0 again and again): turn "
-            f"read interest off at EOF, or every wait returns at once")
+            f"after the client's FIN, owed echo it cannot take yet, the server {busy(cpu)}. A FIN makes the "
+            f"socket readable for good (read() returns 0 again and again): turn read interest off at EOF, or "
+            f"every wait returns at once")
         try:
             echoed = recv_until_eof(sock)
         except AssertionError as error:
@@ -187,8 +187,8 @@ def test_running_out_of_descriptors_neither_crashes_nor_spins(start_server, less
     print(f"lesson {lesson}: out of descriptors with 150 clients, {cpu_per_second:.3f} s of CPU per second")
     assert server.alive(), "the server died when it ran out of file descriptors (EMFILE)"
     assert cpu_per_second < 0.3, (
-        f"with 150 clients against a limit of 64 descriptors the server used {cpu_per_second:.2f} s of CPU "
-        f"per second: it is spinning on a listener that stays readable (see the EMFILE part of lesson 02)")
+        f"with 150 clients against a limit of 64 descriptors the server {busy(cpu_per_second)}: it is "
+        f"spinning on a listener that stays readable (see the EMFILE part of lesson 02)")
     close_all(clients)
     server.settle()  # with worker threads (09) closes finish concurrently
     with connect(*server.address) as sock:
