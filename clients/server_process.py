@@ -157,10 +157,7 @@ class Server:
     def how_it_ended(self):
         """A sentence for a failure message: how the server ended, and the first line of a
         sanitizer's report if its stderr holds one."""
-        text = f"the server died: {describe_exit(self.proc.poll())}"
-        last_words = self.stderr().strip().splitlines()[-1:]
-        if self.proc.poll() is not None and last_words:  # "terminate called ...", an error it reported
-            text += f", saying {last_words[0]!r}"
+        text = f"the server died: {describe_exit(self.proc.poll())}{self.last_words()}"
         report = next((line.strip() for line in self.stderr().splitlines()
                        if any(marker in line for marker in SANITIZER_MARKERS)), None)
         if report:
@@ -288,10 +285,16 @@ class Server:
             return None, time.monotonic() - start
         return code, time.monotonic() - start
 
+    def last_words(self):
+        """', saying LINE' with the last line the server wrote to stderr once it has ended ("terminate
+        called without an active exception", an error it reported), or ''."""
+        lines = self.stderr().strip().splitlines()
+        return f", saying {lines[-1]!r}" if self.proc.poll() is not None and lines else ""
+
     def why_it_did_not_stop(self, code, seconds):
         """A sentence for a stop that failed: what the server was doing instead."""
         if code is not None:
-            return f"it gave {describe_exit(code)} after {seconds:.2f} s"
+            return f"it gave {describe_exit(code)} after {seconds:.2f} s{self.last_words()}"
         if self.stuck_cpu > 0.2:  # asleep is about 0; a spinning server gets a share of a busy machine
             return (f"it was still running {seconds:.1f} s later, busy {self.stuck_cpu:.2f} of each second: a "
                     f"busy loop. Something keeps it from sleeping in its wait (write interest with nothing to "

@@ -76,8 +76,8 @@ def test_restarts_on_its_port_while_old_connections_wait_in_time_wait(pytestconf
     try:
         with connect(*first.address) as sock:
             assert round_trip(sock, b"before the restart") == b"before the restart"
-            code, _ = first.stop()  # the server closes first: its side of the connection waits
-            assert code == 0, f"the server should exit 0 on SIGTERM, not {code}"
+            code, seconds = first.stop()  # the server closes first: its side of the connection waits
+            assert code == 0, f"the server should exit 0 on SIGTERM; {first.why_it_did_not_stop(code, seconds)}"
             sock.settimeout(2)
             sock.recv(1)  # its FIN; closing ours now leaves the server's side in TIME_WAIT
     finally:

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from clients.echo_client import connect, recv_exactly, round_trip, send_until_stalled
-from clients.server_process import busy
+from clients.server_process import busy, describe_exit
 from clients.syscall_count import StraceUnavailable, count_syscalls, ping_pong, reads_per_ping_pong
 from conftest import binary_path
 
@@ -51,7 +51,7 @@ def test_a_ping_pong_message_costs_one_send_and_no_epoll_ctl(pytestconfig, lesso
         counts, code = count_syscalls(binary_path(pytestconfig, lesson), ping_pong(ROUND_TRIPS))
     except StraceUnavailable as reason:
         pytest.skip(str(reason))
-    assert code == 0, f"the server under strace should exit 0 after SIGTERM, not {code}"
+    assert code == 0, f"the server under strace should exit 0 after SIGTERM, not {describe_exit(code)}"
     sends = counts.get("sendto", 0) + counts.get("write", 0)
     assert sends <= ROUND_TRIPS + SLACK, (
         f"{ROUND_TRIPS} round trips cost {sends} send/write calls; one per message is the floor: write "

@@ -13,6 +13,7 @@ import pytest
 
 from clients.echo_client import (EchoError, connect, echo_stream, recv_exactly, recv_until_eof, round_trip,
                                  send_until_stalled)
+from clients.server_process import describe_exit
 from clients.syscall_count import StraceUnavailable, count_syscalls, ping_pong, reads_per_ping_pong
 from clients.tcp_queues import recv_until_quiet, send_while_paused, server_side_unread
 from clients.tcp_namespace import NamespaceUnavailable, measure_in_namespace
@@ -175,7 +176,7 @@ def test_registration_is_never_modified_not_even_for_backpressure(pytestconfig, 
         counts, code = count_syscalls(binary_path(pytestconfig, lesson), ping_pong_then_backpressure)
     except StraceUnavailable as reason:
         pytest.skip(str(reason))
-    assert code == 0, f"the server under strace should exit 0 after SIGTERM, not {code}"
+    assert code == 0, f"the server under strace should exit 0 after SIGTERM, not {describe_exit(code)}"
     calls = counts.get("epoll_ctl", 0)
     assert calls <= 6, (
         f"two connections (one ping-pong, one pushed into backpressure) cost {calls} epoll_ctl calls; ADD the "

@@ -57,7 +57,7 @@ def stop_and_count(server, workers):
         "signals received it, and its default action ends the process. Call watch_signals() in main before "
         "starting any thread (threads inherit the blocked mask)")
     assert code == 0 and seconds <= STOP_TIMEOUT, (
-        f"after SIGTERM the server should exit 0 within {STOP_TIMEOUT} s; it gave {code} after {seconds:.2f} s. "
+        f"after SIGTERM the server should exit 0 within {STOP_TIMEOUT} s; {server.why_it_did_not_stop(code, seconds)}. "
         f"Does every worker's epoll watch the stop eventfd, and does main write it before joining them all?")
     counts = worker_counts(server.stderr())
     assert len(counts) == workers, (

@@ -20,7 +20,7 @@ import pytest
 from clients.crowd import close_all
 from clients.echo_client import EchoError, connect, first_difference, recv_exactly, recv_until_eof, round_trip, send_until_stalled
 from clients.sequenced import stream_numbered
-from clients.server_process import STOP_TIMEOUT, ServerDied, busy, wait_until
+from clients.server_process import STOP_TIMEOUT, ServerDied, busy, describe_exit, wait_until
 from clients.syscall_count import StraceUnavailable, count_syscalls, ping_pong
 from clients.tcp_queues import paused
 from conftest import binary_path
@@ -80,8 +80,8 @@ def stop_with_clients_connected(server):
     must exit 0 within a second, and closing them afterwards cannot disturb it."""
     code, seconds = server.stop(signal.SIGTERM)
     assert code == 0 and seconds <= STOP_TIMEOUT, (
-        f"with clients connected, SIGTERM should stop the server (exit 0) within {STOP_TIMEOUT} s; it gave "
-        f"{code} after {seconds:.2f} s")
+        f"with clients connected, SIGTERM should stop the server (exit 0) within {STOP_TIMEOUT} s; "
+        f"{server.why_it_did_not_stop(code, seconds)}")
 
 
 @pytest.mark.basic  # before the contract's first promises: without it they cannot hold
@@ -96,10 +96,10 @@ def test_workers_flag_starts_that_many_threads_and_a_stop_ends_them_all(start_se
         # Every worker sleeps in epoll_wait on the shared epoll: the stop must wake each of them.
         code, seconds = server.stop(signal.SIGTERM)
         assert code == 0 and seconds <= STOP_TIMEOUT, (
-            f"with {workers} idle workers, SIGTERM should stop the server (exit 0) within {STOP_TIMEOUT} s; it "
-            f"gave {code} after {seconds:.2f} s. Every worker asleep in epoll_wait must see the stop: register "
-            f"the stop eventfd level-triggered, without EPOLLONESHOT, and let no worker read it, so that every "
-            f"epoll_wait returns it")
+            f"with {workers} idle workers, SIGTERM should stop the server (exit 0) within {STOP_TIMEOUT} s; "
+            f"{server.why_it_did_not_stop(code, seconds)}. Every worker asleep in epoll_wait must see the stop: "
+            f"register the stop eventfd level-triggered, without EPOLLONESHOT, and let no worker read it, so that "
+            f"every epoll_wait returns it")
 
 
 @pytest.mark.basic  # before the contract's first promises: without it they cannot hold
@@ -239,7 +239,7 @@ def test_each_message_costs_one_re_arm(pytestconfig, lesson):
                                       args=("--quiet", "--workers", "2"))
     except StraceUnavailable as reason:
         pytest.skip(str(reason))
-    assert code == 0, f"the server under strace should exit 0 after SIGTERM, not {code}"
+    assert code == 0, f"the server under strace should exit 0 after SIGTERM, not {describe_exit(code)}"
     calls = counts.get("epoll_ctl", 0)
     print(f"lesson {lesson}: {ROUND_TRIPS} round trips: " +
           ", ".join(f"{name} {counts.get(name, 0)}" for name in ("read", "sendto", "epoll_ctl", "epoll_wait")))

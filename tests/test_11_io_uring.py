@@ -20,7 +20,7 @@ from clients.echo_client import (connect, first_difference, recv_exactly, recv_u
                                  send_until_stalled)
 from clients.idle import read_paced
 from clients.syscall_count import StraceUnavailable, count_syscalls
-from clients.server_process import busy, wait_until
+from clients.server_process import busy, describe_exit, wait_until
 from clients.tcp_queues import paused, server_side_unread, unacknowledged_bytes
 from conftest import ROOT, binary_path
 
@@ -181,7 +181,7 @@ def test_100_connections_cost_under_half_a_syscall_per_message(pytestconfig, les
                                       loadgen_workload(pytestconfig, 100, 20000, report))
     except StraceUnavailable as reason:
         pytest.skip(str(reason))
-    assert code == 0, f"the server under strace should exit 0 after SIGTERM, not {code}"
+    assert code == 0, f"the server under strace should exit 0 after SIGTERM, not {describe_exit(code)}"
     total, messages = sum(counts.values()), report["messages"]
     top = ", ".join(f"{name} {calls}" for name, calls in sorted(counts.items(), key=lambda i: -i[1])[:4])
     print(f"100 connections, {messages} messages: {total} syscalls ({total / messages:.3f} per message): {top}")

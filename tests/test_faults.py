@@ -70,7 +70,7 @@ def test_started_with_stdio_closed_no_log_line_reaches_a_client(pytestconfig, le
         except subprocess.TimeoutExpired:
             proc.kill()
             code = proc.wait()
-    assert code == 0, f"after SIGTERM the server should exit 0, not {code}"
+    assert code == 0, f"after SIGTERM the server should exit 0, not {describe_exit(code)}"
 
 
 def test_a_log_nobody_reads_never_stalls_service_or_shutdown(start_server, lesson):
