@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "log.h"
 
@@ -31,10 +32,11 @@ bool parse_port(const std::string& text, int* port) {
   return *port <= 65535;
 }
 
-// The whole string is one number (no leading space, no unit). Too large or too small for a double
-// it still parses, as infinity or 0, so the range check can say what is wrong with it.
+// The whole string is one decimal number (no leading space, no unit; an exponent is allowed, but
+// not strtod's hex, "inf" or "nan", which --port would refuse too). Too large or too small for a
+// double it still parses, as infinity or 0, so the range check can say what is wrong with it.
 bool parse_number(const std::string& text, double* value) {
-  if (text.empty() || std::isspace(static_cast<unsigned char>(text[0]))) return false;
+  if (text.empty() || text.find_first_not_of("0123456789.eE+-") != std::string::npos) return false;
   char* end = nullptr;
   *value = std::strtod(text.c_str(), &end);
   return *end == '\0' && !std::isnan(*value);
@@ -239,6 +241,11 @@ Options parse_or_exit(int argc, char** argv, const ServerSpec& spec) {
   switch (outcome.action) {
     case ParseOutcome::Action::kHelp:
       std::fputs(usage_text(program, spec).c_str(), stdout);
+      if (std::fflush(stdout) != 0) {  // /dev/full, a pipe nobody reads: the text is lost, so no success
+        std::fprintf(stderr, "%s: cannot write the usage text: %s\n", printable(program).c_str(),
+                     std::strerror(errno));
+        std::exit(1);
+      }
       std::exit(0);
     case ParseOutcome::Action::kUsageError:
       std::fprintf(stderr, "%s: %s (see --help)\n", printable(program).c_str(),

@@ -1,6 +1,7 @@
 #include "log.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -56,6 +57,7 @@ void make_stderr_nonblocking() {
 void protect_standard_streams() {
   for (int fd : {STDIN_FILENO, STDOUT_FILENO, STDERR_FILENO}) open_if_closed(fd);
   make_stderr_nonblocking();
+  ::signal(SIGPIPE, SIG_IGN);
 }
 
 void set_quiet(bool quiet) { g_quiet.store(quiet, std::memory_order_relaxed); }

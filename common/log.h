@@ -10,7 +10,9 @@
 // - opens each of descriptors 0, 1, 2 that is closed onto /dev/null. Otherwise the first socket
 //   would get number 2, and every log line would be written into that client's echo;
 // - makes writes to stderr non-blocking (see the file comment), without touching the flags of
-//   the open file other processes may share with us.
+//   the open file other processes may share with us;
+// - ignores SIGPIPE, so that even a usage error written to a pipe nobody reads ends with the
+//   contract's exit code, not killed by the signal.
 void protect_standard_streams();
 
 // --quiet silences chatter (per-connection messages); warnings always print.

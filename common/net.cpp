@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "log.h"
+#include "signals.h"
 
 bool make_address(const std::string& host, int port, SocketAddress* address) {
   *address = SocketAddress{};
@@ -75,6 +76,7 @@ int local_port(int fd) {
 }
 
 void announce_listening(const std::string& host, int port) {
+  StopSignalsExitAtOnce meanwhile;  // a full pipe on stdout must not hold up a stop (see signals.h)
   std::printf("listening on %s:%d\n", host.c_str(), port);
   // Whoever started us waits for this line; if it cannot be written (stdout is /dev/full, or a
   // pipe whose reader is gone), nobody would ever learn the server is up: that is a failed setup.

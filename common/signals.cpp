@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <iterator>
 
 #include "net.h"
 #include "status.h"
@@ -13,6 +14,13 @@ namespace {
 constexpr int kStopSignals[] = {SIGINT, SIGTERM, SIGHUP};
 
 void exit_at_once(int) { _exit(0); }  // async-signal-safe, unlike exit()
+
+sigset_t stop_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int stop : kStopSignals) sigaddset(&set, stop);
+  return set;
+}
 
 sigset_t watched_signals() {
   sigset_t set;
@@ -30,6 +38,22 @@ void install_exit_handlers() {
   for (int stop : kStopSignals) sigaction(stop, &action, nullptr);
   signal(SIGUSR1, SIG_IGN);
   signal(SIGPIPE, SIG_IGN);
+}
+
+StopSignalsExitAtOnce::StopSignalsExitAtOnce() {
+  static_assert(std::size(kStopSignals) == std::size(decltype(saved_actions_){}));
+  struct sigaction action {};
+  action.sa_handler = exit_at_once;
+  sigemptyset(&action.sa_mask);
+  for (size_t i = 0; i < std::size(kStopSignals); ++i) sigaction(kStopSignals[i], &action, &saved_actions_[i]);
+  // A stop signal already pending is delivered here, at once.
+  sigset_t stops = stop_signals();
+  pthread_sigmask(SIG_UNBLOCK, &stops, &saved_mask_);
+}
+
+StopSignalsExitAtOnce::~StopSignalsExitAtOnce() {
+  pthread_sigmask(SIG_SETMASK, &saved_mask_, nullptr);  // first: none may reach the old handler
+  for (size_t i = 0; i < std::size(kStopSignals); ++i) sigaction(kStopSignals[i], &saved_actions_[i], nullptr);
 }
 
 Fd watch_signals() {

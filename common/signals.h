@@ -4,6 +4,8 @@
 // killing the process.
 #pragma once
 
+#include <signal.h>
+
 #include "fd.h"
 
 // For lesson 01, a blocking server: it cannot wait for a socket and a signal at once, so a stop
@@ -17,6 +19,22 @@ void install_exit_handlers();
 // between a check and the wait, and a loop that never sleeps still sees it (lesson 02 explains
 // why pselect cannot promise that). Exits 1 if it cannot (a setup failure).
 Fd watch_signals();
+
+// While it lives, a stop signal ends the process at once with exit 0, as in lesson 01, even after
+// watch_signals() has blocked it for the signalfd. For the one blocking step before the event loop
+// runs: the readiness line, which waits as long as a full pipe on stdout is not read. Blocked
+// throughout, a stop signal would wait that long too.
+class StopSignalsExitAtOnce {
+ public:
+  StopSignalsExitAtOnce();
+  ~StopSignalsExitAtOnce();  // blocks them again first, then restores their handlers
+  StopSignalsExitAtOnce(const StopSignalsExitAtOnce&) = delete;
+  StopSignalsExitAtOnce& operator=(const StopSignalsExitAtOnce&) = delete;
+
+ private:
+  sigset_t saved_mask_;
+  struct sigaction saved_actions_[3];
+};
 
 // Takes every signal pending on the signalfd: prints the status line for SIGUSR1, and returns
 // true if a stop signal was among them.

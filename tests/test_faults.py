@@ -1,12 +1,15 @@
 """Faults that come from operators and supervisors rather than from clients, for every server: a
 stop signal under full load, standard descriptors closed at start, a log nobody reads, a readiness
-line that cannot be written, control characters in a bad argument, and the smallest descriptor
-limit the server starts with. (Faults of clients, and SIGHUP and SIGUSR1: test_contract.py.)"""
+line that cannot be written or must wait (a full pipe), a usage error or help text into a pipe
+nobody reads, control characters in a bad argument, and the smallest descriptor limit the server
+starts with. (Faults of clients, and SIGHUP and SIGUSR1: test_contract.py.)"""
 
 import os
+import pathlib
 import signal
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -116,6 +119,93 @@ def test_readiness_line_that_cannot_be_written_is_a_setup_failure(pytestconfig, 
     assert proc.returncode == 1 and "readiness" in stderr, (
         f"with stdout {stdout}, the server should report that the readiness line could not be written and "
         f"exit 1; it exited {proc.returncode} saying {stderr!r}")
+
+
+def full_pipe():
+    """A pipe filled to the brim whose reader stays open (and never reads): the next write to it
+    waits. Returns (read end, write end)."""
+    reader, writer = os.pipe()
+    os.set_blocking(writer, False)
+    try:
+        while True:
+            os.write(writer, b"x" * 4096)
+    except BlockingIOError:
+        pass
+    os.set_blocking(writer, True)  # as a supervisor's pipe is: the server's write blocks
+    return reader, writer
+
+
+def waits_on_a_pipe(pid):
+    """True while the process sleeps in a write to a full pipe (its /proc/PID/wchan)."""
+    try:
+        return "pipe_write" in pathlib.Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
+def test_stop_signal_while_the_readiness_line_waits_on_a_full_pipe_exits_0(pytestconfig, lesson):
+    # A supervisor that reads the server's stdout slowly, or only later: the readiness line waits.
+    reader, writer = full_pipe()
+    try:
+        proc = subprocess.Popen([str(binary_path(pytestconfig, lesson)), "--port", "0", "--quiet"], stdout=writer,
+                                stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            waiting = wait_until(lambda: waits_on_a_pipe(proc.pid) or proc.poll() is not None, 5.0,
+                                 lambda: waits_on_a_pipe(proc.pid))
+            ended = f"exited {describe_exit(proc.poll())}" if proc.poll() is not None else "did not"
+            assert waiting, f"with stdout a full pipe, the server should wait to write its readiness line; it {ended}"
+            start = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(timeout=STOP_TIMEOUT + 2)
+            except subprocess.TimeoutExpired:
+                code = None
+            seconds = time.monotonic() - start
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        os.close(reader)
+        os.close(writer)
+    assert code == 0 and seconds <= STOP_TIMEOUT, (
+        f"waiting to write its readiness line into a full pipe, the server should still stop on SIGTERM (exit "
+        f"0) within {STOP_TIMEOUT} s; it {'was still waiting' if code is None else 'gave ' + describe_exit(code)} "
+        f"after {seconds:.1f} s. The stop signals are blocked for the signalfd, and the loop that would read it "
+        f"has not started: let them end the process at once while the line is written (StopSignalsExitAtOnce)")
+
+
+def broken_pipe():
+    """The write end of a pipe whose reader is gone: a write fails with EPIPE, and raises SIGPIPE."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    return writer
+
+
+def test_usage_error_into_a_pipe_nobody_reads_still_exits_2(pytestconfig, lesson):
+    writer = broken_pipe()
+    try:
+        code = subprocess.run([str(binary_path(pytestconfig, lesson)), "--bogus"], stderr=writer,
+                              stdout=subprocess.DEVNULL, timeout=5).returncode
+    finally:
+        os.close(writer)
+    assert code == 2, (
+        f"a usage error with stderr a pipe whose reader is gone should still exit 2; it exited {describe_exit(code)}. "
+        f"Writing the error raises SIGPIPE, which kills the process unless it is ignored before anything is written "
+        f"(protect_standard_streams)")
+
+
+@pytest.mark.parametrize("stdout", ["/dev/full", "a pipe nobody reads"])
+def test_help_that_cannot_be_written_says_so_and_exits_1(pytestconfig, lesson, stdout):
+    target = os.open("/dev/full", os.O_WRONLY) if stdout == "/dev/full" else broken_pipe()
+    try:
+        done = subprocess.run([str(binary_path(pytestconfig, lesson)), "--help"], stdout=target,
+                              stderr=subprocess.PIPE, text=True, timeout=5)
+    finally:
+        os.close(target)
+    assert done.returncode == 1 and "usage" in done.stderr, (
+        f"with stdout {stdout}, --help cannot print its text: the server should say so on stderr and exit 1, "
+        f"not report success; it exited {describe_exit(done.returncode)} saying {done.stderr!r}")
 
 
 CONTROL_CHARACTERS = [["--port", "70\n01"], ["--host", "\x1b[2J127.0.0.1"], ["--bogus\r\nsecond line"],

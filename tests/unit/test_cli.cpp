@@ -79,10 +79,10 @@ TEST_CASE("cli_bad_hosts_are_rejected") {
 }
 
 TEST_CASE("cli_bad_lesson_numbers_are_rejected") {
-  for (const char* bad : {"abc", "nan", "1s", "", " 1", "0x", "--"})
+  for (const char* bad : {"abc", "nan", "1s", "", " 1", "0x", "--", "inf", "infinity", "0x10", "0x1p-9"})
     CHECK_MESSAGE(mentions(error_of({"--idle-timeout=" + std::string(bad)}), "is not a number"), "value '", bad, "'");
   // Below 1 ms a timeout closes every client before its echo; 1e-300 used to become 0.
-  for (const char* bad : {"0", "-1", "1e-300", "1e-400", "0.0009", "inf", "1e9", "1e400"})
+  for (const char* bad : {"0", "-1", "1e-300", "1e-400", "0.0009", "1e9", "1e400"})
     CHECK_MESSAGE(mentions(error_of({"--idle-timeout", bad}), "is out of range (0.001 to 1000000 seconds)"),
                   "value '", bad, "'");
   CHECK(mentions(error_of({"--workers", "2.5"}), "--workers: '2.5' is not a whole number"));
