@@ -250,8 +250,11 @@ def test_smallest_descriptor_limits_neither_spin_nor_ignore_a_stop(start_server,
                 f"with RLIMIT_NOFILE {limit} (the smallest it starts with is {smallest}) and 5 clients, the server "
                 f"{busy(cpu)}: it is spinning on a listener it cannot accept from. Out of "
                 f"descriptors, turn the client away with a spare descriptor, or stop watching the listener a while")
-            spares = server.stderr().count("spare")
-            assert spares <= 1, f"a missing spare descriptor should be said once, not {spares} times"
+            said = server.stderr().splitlines()  # --quiet: what is left is what an operator must see
+            assert len(said) <= 2, (
+                f"out of descriptors for half a second, the server wrote {len(said)} lines to stderr despite "
+                f"--quiet, the first: {said[0]!r}. Say it once per episode (and a missing spare descriptor "
+                f"once), not at every retry: a log that grows every 100 ms buries everything else")
         finally:
             close_all(clients)
         code, seconds = server.stop()

@@ -30,7 +30,8 @@ Fd listen_on(const std::string& host, int port) {
 // Blocks until a client connects.
 Fd accept_client(int listener) {
   // TODO(lesson 01): loop on accept4(SOCK_CLOEXEC) until it returns a client; back off on
-  // EMFILE/ENFILE instead of spinning; any other error loses one client, not the server.
+  // EMFILE/ENFILE instead of spinning (and say so once, not at every retry); any other error
+  // loses one client, not the server.
   (void)listener;
   return Fd{};
 }

@@ -36,12 +36,14 @@ Fd listen_on(const std::string& host, int port) {
 
 // Blocks until a client connects.
 Fd accept_client(int listener) {
+  bool said = false;  // out of resources: said once per wait, not at every retry
   for (;;) {
     int fd = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
     if (fd >= 0) return Fd(fd);
     if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
       // Out of resources: accept would fail again at once. Back off instead of spinning.
-      warn("accept: %s; retrying in 100 ms", std::strerror(errno));
+      if (!said) warn("accept: %s; retrying every 100 ms", std::strerror(errno));
+      said = true;
       ::poll(nullptr, 0, 100);
     }
     // Anything else (EINTR; ECONNABORTED: the client gave up while queued) loses one client, not us.

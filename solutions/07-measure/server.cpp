@@ -54,6 +54,7 @@ struct Server {
   EventBase base;
   Listener listener;
   Event resume_accepting;
+  bool accepts_paused = false;    // out of descriptors since the last accept: said once
   std::vector<Event> on_signals;  // SIGINT, SIGTERM, SIGHUP stop; SIGUSR1 reports status
   std::map<Connection*, std::unique_ptr<Connection>> connections;
 };
@@ -113,6 +114,7 @@ void on_accept(evconnlistener*, evutil_socket_t fd, sockaddr* /*peer*/, int /*pe
   bufferevent_setwatermark(raw, EV_WRITE, kLowWater, 0);
   bufferevent_enable(raw, EV_READ);
   server_counters().accepted.fetch_add(1, std::memory_order_relaxed);
+  server->accepts_paused = false;
   chatter("client connected (fd %d)", static_cast<int>(fd));
   server->connections.emplace(connection.get(), std::move(connection));
 }
@@ -122,7 +124,10 @@ void on_accept(evconnlistener*, evutil_socket_t fd, sockaddr* /*peer*/, int /*pe
 void on_accept_error(evconnlistener* listener, void* arg) {
   auto* server = static_cast<Server*>(arg);
   int error = EVUTIL_SOCKET_ERROR();
-  warn("accept: %s; pausing accepts for 100 ms", std::strerror(error));
+  if (!server->accepts_paused) {
+    chatter("accept: %s; pausing accepts for 100 ms at a time", std::strerror(error));
+  }
+  server->accepts_paused = true;
   evconnlistener_disable(listener);
   evtimer_add(server->resume_accepting.get(), &kAcceptPause);
 }
