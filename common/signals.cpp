@@ -23,9 +23,7 @@ sigset_t stop_signals() {
 }
 
 sigset_t watched_signals() {
-  sigset_t set;
-  sigemptyset(&set);
-  for (int stop : kStopSignals) sigaddset(&set, stop);
+  sigset_t set = stop_signals();
   sigaddset(&set, SIGUSR1);
   return set;
 }
@@ -45,7 +43,9 @@ StopSignalsExitAtOnce::StopSignalsExitAtOnce() {
   struct sigaction action {};
   action.sa_handler = exit_at_once;
   sigemptyset(&action.sa_mask);
-  for (size_t i = 0; i < std::size(kStopSignals); ++i) sigaction(kStopSignals[i], &action, &saved_actions_[i]);
+  for (size_t i = 0; i < std::size(kStopSignals); ++i) {
+    sigaction(kStopSignals[i], &action, &saved_actions_[i]);
+  }
   // A stop signal already pending is delivered here, at once.
   sigset_t stops = stop_signals();
   pthread_sigmask(SIG_UNBLOCK, &stops, &saved_mask_);
@@ -53,7 +53,9 @@ StopSignalsExitAtOnce::StopSignalsExitAtOnce() {
 
 StopSignalsExitAtOnce::~StopSignalsExitAtOnce() {
   pthread_sigmask(SIG_SETMASK, &saved_mask_, nullptr);  // first: none may reach the old handler
-  for (size_t i = 0; i < std::size(kStopSignals); ++i) sigaction(kStopSignals[i], &saved_actions_[i], nullptr);
+  for (size_t i = 0; i < std::size(kStopSignals); ++i) {
+    sigaction(kStopSignals[i], &saved_actions_[i], nullptr);
+  }
 }
 
 Fd watch_signals() {
