@@ -64,9 +64,10 @@ def describe_exit(code):
     if code >= 0:
         return f"exit code {code}"
     name = signal.Signals(-code).name
-    crash = {"SIGSEGV": "a crash: bad memory access", "SIGABRT": "it aborted: a failed check, a "
-             "sanitizer report, or std::terminate, say a std::thread destroyed unjoined", "SIGBUS": "a crash", "SIGFPE": "a crash: arithmetic error",
-             "SIGILL": "a crash"}.get(name)
+    crash = {"SIGSEGV": "a crash: bad memory access",
+             "SIGABRT": "it aborted: a failed check, a sanitizer report, or std::terminate, say a "
+                        "std::thread destroyed unjoined",
+             "SIGBUS": "a crash", "SIGFPE": "a crash: arithmetic error", "SIGILL": "a crash"}.get(name)
     return f"killed by {name}" + (f" ({crash})" if crash else "")
 
 

@@ -36,6 +36,20 @@ def test_stop_signal_under_a_flood_exits_0_within_a_second(start_server, lesson)
         f"lesson 02)")
 
 
+def terminate(proc):
+    """Sends SIGTERM to a server started without Server; (exit code, seconds), the code None if it
+    was still running after the stop timeout (it is killed then)."""
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=STOP_TIMEOUT + 2)
+    except subprocess.TimeoutExpired:
+        code = None
+        proc.kill()
+        proc.wait()
+    return code, time.monotonic() - start
+
+
 def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -67,13 +81,9 @@ def test_started_with_stdio_closed_no_log_line_reaches_a_client(pytestconfig, le
                 f"went into its echo. Open /dev/null onto any closed descriptor 0-2 before opening "
                 f"anything else")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=STOP_TIMEOUT + 2)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
-    assert code == 0, f"after SIGTERM the server should exit 0, not {describe_exit(code)}"
+        code, _ = terminate(proc)
+    ended = "still running" if code is None else describe_exit(code)
+    assert code == 0, f"after SIGTERM the server should exit 0 within {STOP_TIMEOUT} s, not {ended}"
 
 
 def test_a_log_nobody_reads_never_stalls_service_or_shutdown(start_server, lesson):
@@ -154,13 +164,7 @@ def test_stop_signal_while_the_readiness_line_waits_on_a_full_pipe_exits_0(pytes
                                  lambda: waits_on_a_pipe(proc.pid))
             ended = f"exited {describe_exit(proc.poll())}" if proc.poll() is not None else "did not"
             assert waiting, f"with stdout a full pipe, the server should wait to write its readiness line; it {ended}"
-            start = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            try:
-                code = proc.wait(timeout=STOP_TIMEOUT + 2)
-            except subprocess.TimeoutExpired:
-                code = None
-            seconds = time.monotonic() - start
+            code, seconds = terminate(proc)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -190,9 +194,9 @@ def test_usage_error_into_a_pipe_nobody_reads_still_exits_2(pytestconfig, lesson
     finally:
         os.close(writer)
     assert code == 2, (
-        f"a usage error with stderr a pipe whose reader is gone should still exit 2; it exited {describe_exit(code)}. "
-        f"Writing the error raises SIGPIPE, which kills the process unless it is ignored before anything is written "
-        f"(protect_standard_streams)")
+        f"a usage error with stderr a pipe whose reader is gone should still exit 2; it exited "
+        f"{describe_exit(code)}. Writing the error raises SIGPIPE, which kills the process unless it is ignored "
+        f"before anything is written (protect_standard_streams)")
 
 
 @pytest.mark.parametrize("stdout", ["/dev/full", "a pipe nobody reads"])
